@@ -1,0 +1,1 @@
+"""The ``ncood`` command line: one module per subcommand."""

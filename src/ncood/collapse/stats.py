@@ -1,0 +1,232 @@
+"""Streaming, mergeable class statistics in float64 (DESIGN.md section 5).
+
+Every Gaussian/subspace detector (Mahalanobis, ViM, NECO) and every neural-collapse
+metric (NC1-NC3, CDNV) is a function of these sums, so a fit never needs all features
+in memory, and statistics from several processes combine with one all-reduce.
+
+Accumulation is done about a fixed ``shift`` vector (by default the mean of the first
+batch seen). Shifting removes the large common offset of post-ReLU features before the
+second moment is formed, so ``sum z z^T - n mu mu^T`` does not cancel catastrophically.
+Two statistics with different shifts are re-based exactly when merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ncood.errors import ShapeError
+from ncood.validation import as_labels, check_finite
+
+DEFAULT_CHUNK = 16384
+
+
+class ClassStats:
+    """Sufficient statistics of labelled features ``z`` (rows) with labels ``y``.
+
+    Attributes (all about ``shift``, float64):
+        counts: ``(C,)`` samples per class.
+        sums: ``(C, D)`` per-class ``sum (z - shift)``.
+        sq_norms: ``(C,)`` per-class ``sum ||z - shift||^2``.
+        second: ``(D, D)`` ``sum (z - shift)(z - shift)^T`` over all samples.
+    """
+
+    def __init__(self, num_classes: int, dim: int, shift: np.ndarray | None = None) -> None:
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.shift = None if shift is None else np.asarray(shift, dtype=np.float64).copy()
+        self.counts = np.zeros(self.num_classes, dtype=np.int64)
+        self.sums = np.zeros((self.num_classes, self.dim), dtype=np.float64)
+        self.sq_norms = np.zeros(self.num_classes, dtype=np.float64)
+        self.second = np.zeros((self.dim, self.dim), dtype=np.float64)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_features(
+        cls,
+        features,
+        labels,
+        num_classes: int | None = None,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> ClassStats:
+        """Accumulate statistics over ``features (n, D)`` / ``labels (n,)`` in chunks.
+
+        ``features`` may be a memory-mapped array; only ``chunk_size`` rows are held in
+        float64 at a time.
+        """
+        feats = np.asarray(features) if not isinstance(features, np.ndarray) else features
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            raise ShapeError(
+                f"features must be a non-empty 2-D array (n_samples, n_features); "
+                f"got shape {feats.shape}"
+            )
+        y = as_labels(labels, feats.shape[0])
+        c = int(y.max()) + 1 if num_classes is None else int(num_classes)
+        stats = cls(c, feats.shape[1])
+        for start in range(0, feats.shape[0], chunk_size):
+            stats.update(feats[start : start + chunk_size], y[start : start + chunk_size])
+        return stats
+
+    @classmethod
+    def from_batches(
+        cls, batches: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, dim: int
+    ) -> ClassStats:
+        """Accumulate from an iterable of ``(features, labels)`` batches."""
+        stats = cls(num_classes, dim)
+        for feats, labels in batches:
+            stats.update(feats, labels)
+        return stats
+
+    def update(self, features, labels) -> ClassStats:
+        """Add one batch ``features (b, D)``, ``labels (b,)``; returns ``self``."""
+        z = np.asarray(features, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ShapeError(
+                f"batch has shape {z.shape}, but these statistics expect (n, {self.dim})"
+            )
+        if z.shape[0] == 0:
+            return self
+        check_finite(z, "features")
+        y = as_labels(labels, z.shape[0], num_classes=self.num_classes)
+        if self.shift is None:
+            self.shift = z.mean(axis=0)
+        z = z - self.shift
+        self.counts += np.bincount(y, minlength=self.num_classes)
+        np.add.at(self.sums, y, z) if z.shape[0] < 64 else self._add_sums(z, y)
+        self.sq_norms += np.bincount(y, weights=np.einsum("ij,ij->i", z, z), minlength=self.num_classes)
+        self.second += z.T @ z
+        return self
+
+    def _add_sums(self, z: np.ndarray, y: np.ndarray) -> None:
+        # one-hot matmul: (C, b) @ (b, D) is much faster than np.add.at for large batches
+        onehot = np.zeros((self.num_classes, z.shape[0]), dtype=np.float64)
+        onehot[y, np.arange(z.shape[0])] = 1.0
+        self.sums += onehot @ z
+
+    # ------------------------------------------------------------------ merging
+    def rebased(self, shift: np.ndarray) -> ClassStats:
+        """The same statistics expressed about another ``shift`` (exact)."""
+        shift = np.asarray(shift, dtype=np.float64)
+        out = ClassStats(self.num_classes, self.dim, shift)
+        out.counts = self.counts.copy()
+        if self.shift is None:
+            return out
+        a = self.shift - shift  # z - new = (z - old) + a
+        total = self.sums.sum(axis=0)
+        n = float(self.counts.sum())
+        out.sums = self.sums + self.counts[:, None] * a
+        out.sq_norms = self.sq_norms + 2.0 * (self.sums @ a) + self.counts * (a @ a)
+        out.second = self.second + np.outer(total, a) + np.outer(a, total) + n * np.outer(a, a)
+        return out
+
+    def merge(self, other: ClassStats) -> ClassStats:
+        """Return the statistics of the union of both samples."""
+        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise ShapeError(
+                f"cannot merge statistics of shape (C={other.num_classes}, D={other.dim}) "
+                f"into (C={self.num_classes}, D={self.dim})"
+            )
+        if self.shift is None:
+            return other.rebased(other.shift) if other.shift is not None else other.copy()
+        b = other.rebased(self.shift) if other.shift is not None else other
+        out = self.copy()
+        out.counts += b.counts
+        out.sums += b.sums
+        out.sq_norms += b.sq_norms
+        out.second += b.second
+        return out
+
+    __add__ = merge
+
+    def copy(self) -> ClassStats:
+        out = ClassStats(self.num_classes, self.dim, self.shift)
+        out.counts, out.sums = self.counts.copy(), self.sums.copy()
+        out.sq_norms, out.second = self.sq_norms.copy(), self.second.copy()
+        return out
+
+    def to_vector(self) -> np.ndarray:
+        """Flatten the additive parts (for an all-reduce sum; the shift must be shared)."""
+        return np.concatenate(
+            [self.counts.astype(np.float64), self.sums.ravel(), self.sq_norms, self.second.ravel()]
+        )
+
+    def load_vector(self, vec: np.ndarray) -> ClassStats:
+        """Inverse of :meth:`to_vector` (in place); returns ``self``."""
+        c, d = self.num_classes, self.dim
+        vec = np.asarray(vec, dtype=np.float64)
+        if vec.shape != (c + c * d + c + d * d,):
+            raise ShapeError(f"statistics vector has shape {vec.shape}; expected C={c}, D={d}")
+        i = 0
+        self.counts = np.rint(vec[i : i + c]).astype(np.int64)
+        i += c
+        self.sums = vec[i : i + c * d].reshape(c, d).copy()
+        i += c * d
+        self.sq_norms = vec[i : i + c].copy()
+        i += c
+        self.second = vec[i:].reshape(d, d).copy()
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def _shift(self) -> np.ndarray:
+        return np.zeros(self.dim) if self.shift is None else self.shift
+
+    def require_classes(self, min_count: int = 1) -> None:
+        """Raise if some class has fewer than ``min_count`` samples."""
+        low = np.flatnonzero(self.counts < min_count)
+        if low.size:
+            raise ShapeError(
+                f"class(es) {low.tolist()[:10]} have fewer than {min_count} training "
+                f"sample(s) (counts {self.counts[low].tolist()[:10]}); every class 0.."
+                f"{self.num_classes - 1} needs samples: check the labels or num_classes"
+            )
+
+    @property
+    def means(self) -> np.ndarray:
+        """Class means ``(C, D)`` (absolute)."""
+        self.require_classes(1)
+        return self.sums / self.counts[:, None] + self._shift()
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Sample mean of all features ``(D,)``."""
+        return self.sums.sum(axis=0) / self.n + self._shift()
+
+    @property
+    def global_mean(self) -> np.ndarray:
+        """``mu_G``: the mean of the class means ``(D,)`` (unweighted)."""
+        return self.means.mean(axis=0)
+
+    def within_scatter(self) -> np.ndarray:
+        """Pooled within-class scatter ``sum_i (z_i - mu_{y_i})(z_i - mu_{y_i})^T`` ``(D, D)``."""
+        self.require_classes(1)
+        m = self.sums / self.counts[:, None]  # shifted class means
+        s = self.second - (m * self.counts[:, None]).T @ m
+        return (s + s.T) / 2.0
+
+    def within_cov(self) -> np.ndarray:
+        """``S_W``: pooled within-class covariance, divided by N ``(D, D)``."""
+        return self.within_scatter() / self.n
+
+    def class_variances(self) -> np.ndarray:
+        """Per-class ``mean ||z - mu_c||^2`` (trace of the class covariance) ``(C,)``."""
+        self.require_classes(1)
+        m = self.sums / self.counts[:, None]
+        ss = self.sq_norms - self.counts * np.einsum("ij,ij->i", m, m)
+        return np.maximum(ss, 0.0) / self.counts
+
+    def scatter_about(self, center: np.ndarray) -> np.ndarray:
+        """``sum_i (z_i - u)(z_i - u)^T`` about any ``center`` u ``(D,)``."""
+        a = self._shift() - np.asarray(center, dtype=np.float64)
+        total = self.sums.sum(axis=0)
+        s = self.second + np.outer(total, a) + np.outer(a, total) + self.n * np.outer(a, a)
+        return (s + s.T) / 2.0
+
+    def total_cov(self) -> np.ndarray:
+        """Covariance of all features about their sample mean, divided by N ``(D, D)``."""
+        return self.scatter_about(self.mean) / self.n
