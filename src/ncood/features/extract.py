@@ -1,0 +1,246 @@
+"""Run a network over a dataset and keep what the later stages need.
+
+This is the only code that runs a network for scoring: detectors, collapse metrics and
+reports work on the arrays it returns. Extraction is eval mode, no grad, in batches of
+uint8 images converted on the device, with a progress bar on stderr.
+
+The cache: :func:`extract_cached` stores each FeatureSet under a key made of the
+checkpoint's content hash, the dataset, split, subset size and seed, the input transform,
+the layers and the toolkit version. A second extraction of the same thing is a cache hit;
+an entry that is truncated, edited or made by something else is detected on load and
+recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ncood import __version__
+from ncood.errors import CheckpointError, ConfigError
+from ncood.features.hooks import capture
+from ncood.features.store import FeatureDir
+from ncood.features.types import FeatureSet, LinearHead
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]'; got {device!r}") from exc
+
+
+@torch.no_grad()
+def extract(
+    model: nn.Module,
+    arrays,
+    spec,
+    *,
+    layers: Sequence[str] = (),
+    batch_size: int = 512,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+    name: str = "",
+    meta: dict[str, Any] | None = None,
+) -> FeatureSet:
+    """Extract penultimate features, logits and pooled per-layer features.
+
+    Args:
+        model: a ncood ResNet (``forward_features`` / ``forward_head``).
+        arrays: :class:`ncood.data.ImageArrays` (uint8 images, labels or None).
+        spec: the model's :class:`ncood.data.InputSpec`; images are converted to it.
+        layers: submodule names whose outputs are global-average-pooled and kept.
+        batch_size: images per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; outputs are stored as float32).
+        progress: show a progress bar on stderr.
+        name: name of the resulting FeatureSet.
+        meta: extra description stored with it.
+
+    Returns:
+        FeatureSet with features ``(n, D)`` float32, logits ``(n, C)`` float32, labels, layers.
+    """
+    from ncood.data import iterate_batches
+
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    n = len(arrays)
+    feats: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    per_layer: dict[str, list[np.ndarray]] = {k: [] for k in layers}
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    bar = tqdm(
+        total=n,
+        desc=f"extract {name}".strip(),
+        unit="img",
+        file=sys.stderr,
+        disable=not progress or not sys.stderr.isatty(),
+        leave=False,
+    )
+    try:
+        with capture(model, list(layers)) as captured, autocast:
+            for x, _y in iterate_batches(arrays, spec, batch_size, device=dev):
+                z = model.forward_features(x)
+                f = model.forward_head(z)
+                feats.append(z.float().cpu().numpy())
+                logits.append(f.float().cpu().numpy())
+                for k in layers:
+                    per_layer[k].append(captured[k].float().cpu().numpy())
+                bar.update(x.shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    labels = None if arrays.labels is None else arrays.labels.cpu().numpy().astype(np.int64)
+    return FeatureSet(
+        features=np.concatenate(feats),
+        logits=np.concatenate(logits),
+        labels=labels,
+        name=name,
+        meta=dict(meta or {}),
+        layers={k: np.concatenate(v) for k, v in per_layer.items()},
+    )
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """Stable short hash of a description dict."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def extract_cached(
+    model: nn.Module,
+    arrays,
+    spec,
+    *,
+    cache_dir: str | os.PathLike | None,
+    checkpoint_hash: str,
+    dataset: str,
+    split: str,
+    subset: dict[str, Any] | None = None,
+    layers: Sequence[str] = (),
+    **kwargs: Any,
+) -> FeatureSet:
+    """:func:`extract` through the on-disk cache (``cache_dir=None`` disables it)."""
+    description = {
+        "checkpoint_sha256": checkpoint_hash,
+        "dataset": dataset,
+        "split": split,
+        "subset": subset or {},
+        "transform": spec.to_dict(),
+        "layers": list(layers),
+        "ncood_version": __version__,
+    }
+    name = f"{dataset}/{split}"
+    if cache_dir is None:
+        return extract(model, arrays, spec, layers=layers, name=name, meta=description, **kwargs)
+    entry = Path(cache_dir) / cache_key(description)
+    if (entry / "meta.json").exists():
+        try:
+            fs = FeatureSet.load(entry)
+            if fs.meta == description:
+                log.info("features %s: cache hit (%s)", name, entry)
+                return fs
+            log.warning("feature cache %s describes something else; recomputing", entry)
+        except CheckpointError as exc:
+            log.warning("feature cache entry is damaged (%s); recomputing", exc)
+        shutil.rmtree(entry, ignore_errors=True)
+    fs = extract(model, arrays, spec, layers=layers, name=name, meta=description, **kwargs)
+    fs.save(entry)
+    return FeatureSet.load(entry)
+
+
+def extract_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    id_dataset: str | None = None,
+    ood: Sequence[str] = (),
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    layers: Sequence[str] | None = None,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
+    max_ood_samples: int | None = None,
+    allow_subset: bool = False,
+    seed: int = 0,
+    **kwargs: Any,
+) -> FeatureDir:
+    """Extract ID train/test and every OOD set for one checkpoint; optionally save to ``out``.
+
+    Args:
+        checkpoint: a checkpoint written by ``ncood train``.
+        id_dataset: ID dataset name; defaults to the one the checkpoint was trained on.
+        ood: OOD dataset names (see ``ncood.data.list_datasets``).
+        out: directory to write (the layout of :mod:`ncood.features.store`).
+        cache_dir: feature cache directory (None: no cache).
+        data_root: where datasets are looked for first.
+        layers: submodules to pool and keep; default: every stage of the model.
+        max_*_samples: stratified/random subsets for quick runs (deterministic from seed).
+        allow_subset: allow the small Fashion-MNIST subset shipped with the package.
+        seed: subset seed.
+    """
+    from ncood.data import InputSpec, load_images
+    from ncood.io import file_sha256
+    from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(ckpt)
+    spec = InputSpec.from_dict(ckpt["input_spec"])
+    ckpt_hash = file_sha256(checkpoint)
+    id_name = id_dataset or ckpt["dataset"]["name"]
+    layer_names = list(model.stage_names()) if layers is None else list(layers)
+    common = dict(
+        cache_dir=cache_dir, checkpoint_hash=ckpt_hash, layers=layer_names, **kwargs
+    )
+
+    def one(dataset: str, split: str, n: int | None, *, with_layers: bool = True) -> FeatureSet:
+        arrays = load_images(
+            dataset, split, root=data_root, n=n, seed=seed, allow_subset=allow_subset,
+            shape=(spec.channels, spec.size, spec.size),
+        )
+        opts = dict(common)
+        if not with_layers:
+            opts["layers"] = []
+        return extract_cached(
+            model, arrays, spec, dataset=dataset, split=split,
+            subset={"n": n, "seed": seed, "source": arrays.source}, **opts,
+        )
+
+    train = one(id_name, "train", max_train_samples)
+    test = one(id_name, "test", max_test_samples)
+    ood_sets = {name: one(name, "test", max_ood_samples) for name in ood}
+    meta = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": ckpt_hash,
+        "id_dataset": id_name,
+        "classes": ckpt["dataset"].get("classes", []),
+        "layers": layer_names,
+        "input_spec": spec.to_dict(),
+        "epoch": ckpt.get("epoch"),
+        "ncood_version": __version__,
+    }
+    fd = FeatureDir(train=train, test=test, ood=ood_sets, head=model.get_head(), meta=meta)
+    if out is not None:
+        fd.save(out)
+    return fd
