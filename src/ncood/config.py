@@ -30,7 +30,9 @@ class DataConfig:
     ood: list[str] = field(default_factory=lambda: ["digits", "texture_crops", "gaussian_noise"])
     root: str | None = None  # looked at first; then NCOOD_DATA_ROOT, ~/.cache/ncood, ...
     allow_subset: bool = True  # fall back to the small Fashion-MNIST subset shipped inside ncood
-    train_samples: int | None = None  # stratified training subset, also used for fits/NC (None = all)
+    train_samples: int | None = (
+        None  # stratified training subset, also used for fits/NC (None = all)
+    )
     test_samples: int | None = None  # ID test samples scored (None = all)
     ood_samples: int | None = 2000  # samples per OOD set (None = all)
 
@@ -113,8 +115,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
         elif not _type_ok(value, tp):
             expected = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
             raise ConfigError(
-                f"{where}.{key} must be of type {expected}; got {value!r} "
-                f"({type(value).__name__})"
+                f"{where}.{key} must be of type {expected}; got {value!r} ({type(value).__name__})"
             )
         else:
             kwargs[key] = value

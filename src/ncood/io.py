@@ -20,6 +20,9 @@ import numpy as np
 
 from ncood.errors import NcoodError
 
+_UMASK = os.umask(0o022)  # read the process umask once (os.umask can only set it) ...
+os.umask(_UMASK)  # ... and restore it
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
@@ -28,6 +31,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file open()'s usual mode
     except OSError as exc:
         raise NcoodError(
             f"cannot write {str(path)!r}: {exc.strerror}; choose a writable output directory"

@@ -133,15 +133,11 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------- stages
 def train_regime(cfg: RunConfig, regime: str, overrides: dict[str, Any], out: Path) -> Path:
     """Train one regime (or reuse/resume its run); return the final checkpoint path."""
-    from ncood.train import TrainConfig, train
-    from ncood.train.checkpoint import load_checkpoint
+    from ncood.train import TrainConfig, load_checkpoint, train
+    from ncood.train.config import resume_conflicts
 
     if "checkpoint" in overrides:
         path = Path(overrides["checkpoint"])
@@ -169,16 +165,12 @@ def train_regime(cfg: RunConfig, regime: str, overrides: dict[str, Any], out: Pa
     )
     run_dir = out / "regimes" / regime / "train"
     last = run_dir / "last.pt"
-    if last.exists():
-        ckpt = load_checkpoint(last)
-        if ckpt.get("epoch", 0) >= tc.epochs and ckpt.get("train_config") == tc.to_dict():
-            log.info("%s: training finished earlier (%s), reusing it", regime, last)
-            return last
-        if ckpt.get("train_config") == tc.to_dict():
-            log.info("%s: resuming from epoch %d", regime, ckpt.get("epoch", 0))
-            return train(tc, run_dir, resume=True).checkpoint
-        log.warning("%s: %s was trained with another config; training anew", regime, last)
-    return train(tc, run_dir, resume=False).checkpoint
+    if last.exists() and resume_conflicts(load_checkpoint(last).get("config", {}), tc):
+        stale = run_dir.with_name(f"train.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        log.warning("%s: %s was trained with another config; kept as %s", regime, last, stale)
+        run_dir.rename(stale)
+    # resume=True: a finished run returns at once, an interrupted one continues
+    return train(tc, run_dir, resume=True).checkpoint
 
 
 def score_detectors(
@@ -189,23 +181,12 @@ def score_detectors(
     Returns:
         ``(metrics[detector][ood], scores["detector/split"], params[detector])``.
     """
-    from ncood.detectors import create_detector
-    from ncood.metrics import ood_metrics
+    from ncood.detectors.evaluate import evaluate
 
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
     scores: dict[str, np.ndarray] = {}
-    params: dict[str, dict] = {}
-    for name, hp in detectors.items():
-        det = create_detector(name, **hp)
-        det.fit(fd.train.features, fd.train.labels, fd.head)
-        params[name] = det.get_params() if hasattr(det, "get_params") else dict(hp)
-        id_scores = det.score(fd.test.features, fd.test.logits)
-        scores[f"{name}/id"] = id_scores
-        metrics[name] = {}
-        for ood_name, ood in fd.ood.items():
-            s = det.score(ood.features, ood.logits)
-            scores[f"{name}/{ood_name}"] = s
-            metrics[name][ood_name] = ood_metrics(id_scores, s)
+    res = evaluate(fd, detectors, scores_out=scores)["detectors"]
+    metrics = {name: r["ood"] for name, r in res.items()}
+    params = {name: r["params"] for name, r in res.items()}
     return metrics, scores, params
 
 
@@ -245,32 +226,91 @@ def layer_ood_auroc(
     return out
 
 
-def collapse_of(fd: FeatureDir) -> tuple[dict, dict, dict]:
-    """NC1-NC4 of the penultimate train features and NC5 per OOD set."""
-    from ncood.collapse import collapse_metrics, nc5, nc5_centred, to_jsonable
+def _offdiag(pairs: np.ndarray, c: int) -> list[float]:
+    """Row-major off-diagonal ``(C (C-1),)`` from upper-triangle pair values."""
+    full = np.zeros((c, c))
+    full[np.triu_indices(c, k=1)] = pairs
+    full = full + full.T
+    return full[~np.eye(c, dtype=bool)].tolist()
 
-    m = to_jsonable(collapse_metrics(fd.train.features, fd.train.labels, fd.head))
-    n5 = {k: nc5(fd.train.features, fd.train.labels, v.features) for k, v in fd.ood.items()}
-    n5c = {
-        k: nc5_centred(fd.train.features, fd.train.labels, v.features) for k, v in fd.ood.items()
+
+def collapse_block(m: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`collapse_metrics` dict in the results.json layout (scalars + per-class arrays)."""
+    from ncood.collapse import to_jsonable
+
+    c = int(m["num_classes"])
+    arrays = {k for k, v in m.items() if isinstance(v, np.ndarray)}
+    block = to_jsonable({k: v for k, v in m.items() if k not in arrays})
+    block["per_class"] = {
+        "within_variance": np.asarray(m["within_class_variance"]).tolist(),
+        "weight_mean_cos": np.asarray(m["weight_mean_cosine"]).tolist(),
+        "counts": np.asarray(m["counts"]).tolist(),
+        "mean_norms": np.asarray(m["mean_norms"]).tolist(),
+        "weight_norms": np.asarray(m["weight_norms"]).tolist(),
     }
-    return m, n5, n5c
+    block["cos_means_offdiag"] = _offdiag(np.asarray(m["mean_cosines"]), c)
+    block["cos_weights_offdiag"] = _offdiag(np.asarray(m["weight_cosines"]), c)
+    block["mean_distances"] = np.asarray(m["mean_distances"]).tolist()
+    return block
 
 
-def depth_of(fd: FeatureDir) -> dict[str, Any]:
+def collapse_of(fd: FeatureDir) -> tuple[dict, dict, dict, dict]:
+    """NC1-NC4 of the penultimate train features and NC5 per OOD set (one stats pass)."""
+    from ncood.collapse import ClassStats, collapse_metrics, nc5, nc5_centred
+
+    z, y = fd.train.features, fd.train.labels
+    stats = ClassStats.from_features(z, y, fd.head.num_classes)
+    m = collapse_metrics(z, y, fd.head, stats=stats)
+    n5 = {k: nc5(None, None, v.features, stats=stats) for k, v in fd.ood.items()}
+    n5c = {k: nc5_centred(None, None, v.features, stats=stats) for k, v in fd.ood.items()}
+    return m, collapse_block(m), n5, n5c
+
+
+DEPTH_KEYS = ("nc1", "nc1_trace", "cdnv", "ncc_acc")
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def depth_of(fd: FeatureDir, head_metrics: dict[str, Any]) -> dict[str, Any]:
     """Collapse metrics on every pooled stage plus the penultimate layer."""
     from ncood.collapse.depth import depth_analysis
 
     layers = {k: fd.train.layers[k] for k in fd.train.layers}
     layers["penultimate"] = fd.train.features
-    return depth_analysis(layers, fd.train.labels)
+    res = depth_analysis(layers, fd.train.labels, head=fd.head, head_metrics=head_metrics)
+    return {
+        "layers": res.layers,
+        "dims": [int(res.metrics[k]["dim"]) for k in res.layers],
+        "metrics": {key: [_num(res.metrics[k].get(key)) for k in res.layers] for key in DEPTH_KEYS},
+        "decay": {
+            key: {"rate": _num(fit.get("rate")), "r2": _num(fit.get("r2"))}
+            for key, fit in res.decay.items()
+        },
+    }
+
+
+EPOCH_KEYS = (
+    "nc1",
+    "nc1_trace",
+    "cdnv",
+    "nc2_equinorm_means",
+    "nc2_equinorm_weights",
+    "nc2_equiangular_means",
+    "nc2_equiangular_weights",
+    "nc2_maxangle_means",
+    "nc2_maxangle_weights",
+    "nc3",
+    "nc4",
+)
 
 
 def epochs_of(
     cfg: RunConfig, run_dir: Path, cache: Path, timer: Timer, regime: str
 ) -> dict[str, Any] | None:
     """Collapse, NC5 and train error at every snapshot the training run saved."""
-    from ncood.collapse.epochs import epoch_analysis
+    from ncood.collapse.epochs import Snapshot, epoch_analysis
     from ncood.features.extract import extract_checkpoint
 
     snaps = sorted((run_dir / "snapshots").glob("epoch_*.pt"))
@@ -294,10 +334,18 @@ def epochs_of(
                 device=cfg.device,
                 progress=False,
             )
-        epoch = int(fd.meta["epoch"])
-        err = float(np.mean(np.argmax(fd.train.logits, axis=1) != fd.train.labels))
-        rows.append((epoch, fd.train, fd.head, err, {k: v.features for k, v in fd.ood.items()}))
-    return epoch_analysis(rows)
+        rows.append(Snapshot(int(fd.meta["epoch"]), fd.train, fd.head, None, fd.ood))
+    res = epoch_analysis(rows)
+    return {
+        "epochs": res.epochs,
+        "train_error": [float(m["train_error"]) for m in res.metrics],
+        "metrics": {k: [_num(m.get(k)) for m in res.metrics] for k in EPOCH_KEYS},
+        "nc5": {o: [_num(m["nc5"].get(o)) for m in res.metrics] for o in res.ood_names},
+        "nc5_centred": {
+            o: [_num(m["nc5_centred"].get(o)) for m in res.metrics] for o in res.ood_names
+        },
+        "zero_error_epoch": res.zero_error_epoch,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -341,9 +389,9 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> dict[str,
                 metrics, scores, detector_params = score_detectors(fd, cfg.detectors)
             all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
             with timer(f"{regime}/collapse"):
-                nc, n5, n5c = collapse_of(fd)
+                nc_raw, nc, n5, n5c = collapse_of(fd)
             with timer(f"{regime}/depth"):
-                depth = depth_of(fd)
+                depth = depth_of(fd, nc_raw)
                 layer_dets = [d for d in cfg.collapse.layer_detectors if d in cfg.detectors]
                 depth["ood_auroc"] = layer_ood_auroc(fd, layer_dets, cfg.detectors)
             epochs = None
@@ -423,4 +471,3 @@ def print_summary(results: dict[str, Any], out: Path, file=sys.stdout) -> None:
 
     print(format_terminal_summary(results), file=file)
     print(f"\nreport: {out / 'report.html'}", file=file)
-

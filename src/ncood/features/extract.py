@@ -32,7 +32,7 @@ from ncood import __version__
 from ncood.errors import CheckpointError, ConfigError
 from ncood.features.hooks import capture
 from ncood.features.store import FeatureDir
-from ncood.features.types import FeatureSet, LinearHead
+from ncood.features.types import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -210,21 +210,29 @@ def extract_checkpoint(
     ckpt_hash = file_sha256(checkpoint)
     id_name = id_dataset or ckpt["dataset"]["name"]
     layer_names = list(model.stage_names()) if layers is None else list(layers)
-    common = dict(
-        cache_dir=cache_dir, checkpoint_hash=ckpt_hash, layers=layer_names, **kwargs
-    )
+    common = dict(cache_dir=cache_dir, checkpoint_hash=ckpt_hash, layers=layer_names, **kwargs)
 
     def one(dataset: str, split: str, n: int | None, *, with_layers: bool = True) -> FeatureSet:
         arrays = load_images(
-            dataset, split, root=data_root, n=n, seed=seed, allow_subset=allow_subset,
+            dataset,
+            split,
+            root=data_root,
+            n=n,
+            seed=seed,
+            allow_subset=allow_subset,
             shape=(spec.channels, spec.size, spec.size),
         )
         opts = dict(common)
         if not with_layers:
             opts["layers"] = []
         return extract_cached(
-            model, arrays, spec, dataset=dataset, split=split,
-            subset={"n": n, "seed": seed, "source": arrays.source}, **opts,
+            model,
+            arrays,
+            spec,
+            dataset=dataset,
+            split=split,
+            subset={"n": n, "seed": seed, "source": arrays.source},
+            **opts,
         )
 
     train = one(id_name, "train", max_train_samples)

@@ -55,7 +55,9 @@ def load_feature_dir(directory: str | os.PathLike, *, mmap: bool = True) -> Feat
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as exc:
-        raise CheckpointError(f"{str(meta_path)!r} is corrupt ({exc}); re-run `ncood extract`") from exc
+        raise CheckpointError(
+            f"{str(meta_path)!r} is corrupt ({exc}); re-run `ncood extract`"
+        ) from exc
     ood = {name: FeatureSet.load(d / "ood" / name, mmap=mmap) for name in meta.get("ood", [])}
     return FeatureDir(
         train=FeatureSet.load(d / "train", mmap=mmap),

@@ -107,8 +107,7 @@ class FeatureSet:
             raise ShapeError(f"features of {self.name!r} must be 2-D; got shape {f.shape}")
         if lg.ndim != 2 or lg.shape[0] != f.shape[0]:
             raise ShapeError(
-                f"logits of {self.name!r} must have shape ({f.shape[0]}, n_classes); "
-                f"got {lg.shape}"
+                f"logits of {self.name!r} must have shape ({f.shape[0]}, n_classes); got {lg.shape}"
             )
         self.features, self.logits = f, lg
         if self.labels is not None:
@@ -197,7 +196,7 @@ class FeatureSet:
                     f"delete {str(d)!r} and re-run `ncood extract`"
                 )
             arrays[key] = arr
-        layers = {k[len("layer."):]: v for k, v in arrays.items() if k.startswith("layer.")}
+        layers = {k[len("layer.") :]: v for k, v in arrays.items() if k.startswith("layer.")}
         return cls(
             features=arrays["features"],
             logits=arrays["logits"],
