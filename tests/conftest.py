@@ -20,7 +20,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def fmnist_run(tmp_path_factory):
-    """``resnet_narrow`` trained 3 epochs on 4,000 real Fashion-MNIST images.
+    """``resnet_narrow`` trained 3 epochs on 3,000 real Fashion-MNIST images.
 
     Attributes: ``train``, ``test`` (FeatureSets with per-stage layers), ``ood``
     (``digits``, ``texture_crops``), ``head``, ``init_train`` / ``init_head`` (the same
@@ -36,19 +36,21 @@ def fmnist_run(tmp_path_factory):
             "dataset": "fashion_mnist",
             "regime": "standard",
             "epochs": 3,
-            "max_train_samples": 4000,
+            "max_train_samples": 3000,
+            "max_test_samples": 1000,
+            "channels_last": True,
             "snapshots": [0, 3],
             "seed": 0,
-            "precision": "bf16",
+            "precision": "fp32",
         }
     )
     result = train(cfg, root / "run", progress=False)
     common = dict(
         ood=["digits", "texture_crops"],
         cache_dir=root / "cache",
-        max_train_samples=4000,
-        max_test_samples=2000,
-        max_ood_samples=1000,
+        max_train_samples=3000,
+        max_test_samples=1000,
+        max_ood_samples=600,
         progress=False,
     )
     fd = extract_checkpoint(result.checkpoint, **common)
