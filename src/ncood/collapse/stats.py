@@ -8,6 +8,10 @@ Accumulation is done about a fixed ``shift`` vector (by default the mean of the 
 batch seen). Shifting removes the large common offset of post-ReLU features before the
 second moment is formed, so ``sum z z^T - n mu mu^T`` does not cancel catastrophically.
 Two statistics with different shifts are re-based exactly when merged.
+
+``second_moment=False`` gives a light variant (counts, class sums and squared norms
+only: ``O(C D)`` memory) for wide flattened feature maps, where a ``D x D`` matrix would
+not fit; it supports everything except the covariance methods.
 """
 
 from __future__ import annotations
@@ -29,17 +33,30 @@ class ClassStats:
         counts: ``(C,)`` samples per class.
         sums: ``(C, D)`` per-class ``sum (z - shift)``.
         sq_norms: ``(C,)`` per-class ``sum ||z - shift||^2``.
-        second: ``(D, D)`` ``sum (z - shift)(z - shift)^T`` over all samples.
+        second: ``(D, D)`` ``sum (z - shift)(z - shift)^T`` over all samples, or ``None``
+            when built with ``second_moment=False``.
     """
 
-    def __init__(self, num_classes: int, dim: int, shift: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        shift: np.ndarray | None = None,
+        *,
+        second_moment: bool = True,
+    ) -> None:
         self.num_classes = int(num_classes)
         self.dim = int(dim)
         self.shift = None if shift is None else np.asarray(shift, dtype=np.float64).copy()
         self.counts = np.zeros(self.num_classes, dtype=np.int64)
         self.sums = np.zeros((self.num_classes, self.dim), dtype=np.float64)
         self.sq_norms = np.zeros(self.num_classes, dtype=np.float64)
-        self.second = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self.second = np.zeros((self.dim, self.dim), dtype=np.float64) if second_moment else None
+
+    @property
+    def has_second_moment(self) -> bool:
+        """Whether the ``(D, D)`` second moment is accumulated (covariances available)."""
+        return self.second is not None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -50,11 +67,12 @@ class ClassStats:
         num_classes: int | None = None,
         *,
         chunk_size: int = DEFAULT_CHUNK,
+        second_moment: bool = True,
     ) -> ClassStats:
         """Accumulate statistics over ``features (n, D)`` / ``labels (n,)`` in chunks.
 
         ``features`` may be a memory-mapped array; only ``chunk_size`` rows are held in
-        float64 at a time.
+        float64 at a time. ``second_moment=False`` skips the ``(D, D)`` matrix.
         """
         feats = np.asarray(features) if not isinstance(features, np.ndarray) else features
         if feats.ndim != 2 or feats.shape[0] == 0:
@@ -64,17 +82,22 @@ class ClassStats:
             )
         y = as_labels(labels, feats.shape[0])
         c = int(y.max()) + 1 if num_classes is None else int(num_classes)
-        stats = cls(c, feats.shape[1])
+        stats = cls(c, feats.shape[1], second_moment=second_moment)
         for start in range(0, feats.shape[0], chunk_size):
             stats.update(feats[start : start + chunk_size], y[start : start + chunk_size])
         return stats
 
     @classmethod
     def from_batches(
-        cls, batches: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, dim: int
+        cls,
+        batches: Iterable[tuple[np.ndarray, np.ndarray]],
+        num_classes: int,
+        dim: int,
+        *,
+        second_moment: bool = True,
     ) -> ClassStats:
         """Accumulate from an iterable of ``(features, labels)`` batches."""
-        stats = cls(num_classes, dim)
+        stats = cls(num_classes, dim, second_moment=second_moment)
         for feats, labels in batches:
             stats.update(feats, labels)
         return stats
@@ -95,8 +118,11 @@ class ClassStats:
         z = z - self.shift
         self.counts += np.bincount(y, minlength=self.num_classes)
         np.add.at(self.sums, y, z) if z.shape[0] < 64 else self._add_sums(z, y)
-        self.sq_norms += np.bincount(y, weights=np.einsum("ij,ij->i", z, z), minlength=self.num_classes)
-        self.second += z.T @ z
+        self.sq_norms += np.bincount(
+            y, weights=np.einsum("ij,ij->i", z, z), minlength=self.num_classes
+        )
+        if self.second is not None:
+            self.second += z.T @ z
         return self
 
     def _add_sums(self, z: np.ndarray, y: np.ndarray) -> None:
@@ -109,7 +135,7 @@ class ClassStats:
     def rebased(self, shift: np.ndarray) -> ClassStats:
         """The same statistics expressed about another ``shift`` (exact)."""
         shift = np.asarray(shift, dtype=np.float64)
-        out = ClassStats(self.num_classes, self.dim, shift)
+        out = ClassStats(self.num_classes, self.dim, shift, second_moment=self.has_second_moment)
         out.counts = self.counts.copy()
         if self.shift is None:
             return out
@@ -118,7 +144,8 @@ class ClassStats:
         n = float(self.counts.sum())
         out.sums = self.sums + self.counts[:, None] * a
         out.sq_norms = self.sq_norms + 2.0 * (self.sums @ a) + self.counts * (a @ a)
-        out.second = self.second + np.outer(total, a) + np.outer(a, total) + n * np.outer(a, a)
+        if self.second is not None:
+            out.second = self.second + np.outer(total, a) + np.outer(a, total) + n * np.outer(a, a)
         return out
 
     def merge(self, other: ClassStats) -> ClassStats:
@@ -128,6 +155,11 @@ class ClassStats:
                 f"cannot merge statistics of shape (C={other.num_classes}, D={other.dim}) "
                 f"into (C={self.num_classes}, D={self.dim})"
             )
+        if self.has_second_moment != other.has_second_moment:
+            raise ShapeError(
+                "cannot merge statistics with and without the second moment; build both "
+                "with the same second_moment= setting"
+            )
         if self.shift is None:
             return other.rebased(other.shift) if other.shift is not None else other.copy()
         b = other.rebased(self.shift) if other.shift is not None else other
@@ -135,28 +167,32 @@ class ClassStats:
         out.counts += b.counts
         out.sums += b.sums
         out.sq_norms += b.sq_norms
-        out.second += b.second
+        if out.second is not None:
+            out.second += b.second
         return out
 
     __add__ = merge
 
     def copy(self) -> ClassStats:
-        out = ClassStats(self.num_classes, self.dim, self.shift)
+        out = ClassStats(self.num_classes, self.dim, self.shift, second_moment=False)
         out.counts, out.sums = self.counts.copy(), self.sums.copy()
-        out.sq_norms, out.second = self.sq_norms.copy(), self.second.copy()
+        out.sq_norms = self.sq_norms.copy()
+        out.second = None if self.second is None else self.second.copy()
         return out
 
     def to_vector(self) -> np.ndarray:
         """Flatten the additive parts (for an all-reduce sum; the shift must be shared)."""
-        return np.concatenate(
-            [self.counts.astype(np.float64), self.sums.ravel(), self.sq_norms, self.second.ravel()]
-        )
+        parts = [self.counts.astype(np.float64), self.sums.ravel(), self.sq_norms]
+        if self.second is not None:
+            parts.append(self.second.ravel())
+        return np.concatenate(parts)
 
     def load_vector(self, vec: np.ndarray) -> ClassStats:
         """Inverse of :meth:`to_vector` (in place); returns ``self``."""
         c, d = self.num_classes, self.dim
         vec = np.asarray(vec, dtype=np.float64)
-        if vec.shape != (c + c * d + c + d * d,):
+        size = c + c * d + c + (d * d if self.second is not None else 0)
+        if vec.shape != (size,):
             raise ShapeError(f"statistics vector has shape {vec.shape}; expected C={c}, D={d}")
         i = 0
         self.counts = np.rint(vec[i : i + c]).astype(np.int64)
@@ -165,7 +201,8 @@ class ClassStats:
         i += c * d
         self.sq_norms = vec[i : i + c].copy()
         i += c
-        self.second = vec[i:].reshape(d, d).copy()
+        if self.second is not None:
+            self.second = vec[i:].reshape(d, d).copy()
         return self
 
     # ------------------------------------------------------------------ derived
@@ -202,8 +239,28 @@ class ClassStats:
         """``mu_G``: the mean of the class means ``(D,)`` (unweighted)."""
         return self.means.mean(axis=0)
 
+    def require_second_moment(self, what: str) -> None:
+        """Raise if the ``(D, D)`` second moment was not accumulated."""
+        if self.second is None:
+            raise ShapeError(
+                f"{what} needs the (D, D) second moment, but these statistics were built "
+                f"with second_moment=False (D={self.dim}); rebuild them with "
+                "second_moment=True or use only the inversion-free metrics"
+            )
+
+    def centred_means(self) -> np.ndarray:
+        """``M``: class means minus ``mu_G`` ``(C, D)``, formed without the shift offset."""
+        self.require_classes(1)
+        m = self.sums / self.counts[:, None]  # shifted class means: the offset cancels in M
+        return m - m.mean(axis=0)
+
+    def within_trace(self) -> float:
+        """``Tr(S_W)``: mean squared distance of a sample to its class mean (no ``D x D``)."""
+        return float(self.class_variances() @ self.counts / self.n)
+
     def within_scatter(self) -> np.ndarray:
         """Pooled within-class scatter ``sum_i (z_i - mu_{y_i})(z_i - mu_{y_i})^T`` ``(D, D)``."""
+        self.require_second_moment("within_scatter")
         self.require_classes(1)
         m = self.sums / self.counts[:, None]  # shifted class means
         s = self.second - (m * self.counts[:, None]).T @ m
@@ -222,6 +279,7 @@ class ClassStats:
 
     def scatter_about(self, center: np.ndarray) -> np.ndarray:
         """``sum_i (z_i - u)(z_i - u)^T`` about any ``center`` u ``(D,)``."""
+        self.require_second_moment("scatter_about")
         a = self._shift() - np.asarray(center, dtype=np.float64)
         total = self.sums.sum(axis=0)
         s = self.second + np.outer(total, a) + np.outer(a, total) + self.n * np.outer(a, a)

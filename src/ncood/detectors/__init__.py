@@ -1,0 +1,34 @@
+"""OOD detectors: a registry of fit/score objects on arrays (DESIGN.md sections 3-4).
+
+```python
+from ncood.detectors import create_detector, list_detectors
+det = create_detector("vim", dim=32)          # keyword-only hyperparameters, validated
+det.fit(features, labels, head)               # -> self; or fit(..., stats=ClassStats)
+det.score(features, logits)                   # -> (n,) float64, higher = in-distribution
+```
+
+One module per family: ``logit`` (msp, maxlogit, energy, react), ``gaussian``
+(mahalanobis), ``subspace`` (vim, neco), ``neighbors`` (knn). :func:`evaluate` fits and
+scores a set of detectors on a feature directory; :func:`format_ood_tables` prints it.
+"""
+
+from ncood.detectors import gaussian, logit, neighbors, subspace  # noqa: F401  (registration)
+from ncood.detectors.base import (
+    Detector,
+    create_detector,
+    detector_class,
+    list_detectors,
+    register_detector,
+)
+from ncood.detectors.evaluate import DEFAULT_DETECTORS, evaluate, format_ood_tables
+
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "Detector",
+    "create_detector",
+    "detector_class",
+    "evaluate",
+    "format_ood_tables",
+    "list_detectors",
+    "register_detector",
+]

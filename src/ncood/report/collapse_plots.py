@@ -92,7 +92,7 @@ def plot_cosine_histogram(
     *,
     weight_cosines: np.ndarray | None = None,
     bins: int = 50,
-    title: str = "NC2: cosines between centred class means",
+    title: str | None = None,
 ) -> Figure:
     """Histogram of off-diagonal cosines with a line at the ETF value ``-1/(C-1)``.
 
@@ -123,6 +123,10 @@ def plot_cosine_histogram(
         )
     etf = -1.0 / (num_classes - 1)
     ax.axvline(etf, color=PALETTE[7], ls="--", lw=1.5, label=f"simplex ETF  -1/(C-1) = {etf:.4f}")
+    if title is None:
+        title = "NC2: cosines between centred class means" + (
+            " and between classifier rows" if weight_cosines is not None else ""
+        )
     ax.set_xlim(-1.0, 1.0)
     ax.set_xlabel("cosine similarity (off-diagonal pairs)")
     ax.set_ylabel("number of class pairs")
@@ -210,8 +214,9 @@ def plot_depth(
         series[key] = np.array([np.nan if v is None else v for v in vals], dtype=float)
         label = METRIC_LABELS.get(key, key)
         fit = d.get("decay", {}).get(key)
-        if fit and fit.get("factor") is not None and fit.get("r2") is not None:
-            label += f"  (x{fit['factor']:.3g}/layer, $R^2$={fit['r2']:.2f})"
+        if fit and fit.get("factor") is not None:
+            r2 = "" if fit.get("r2") is None else f", $R^2$={fit['r2']:.2f}"
+            label += f"  (x{fit['factor']:.3g}/layer{r2})"
         labels[key] = label
     fig, ax = _new(figsize=(7.5, 4.5))
     _log_lines(ax, x, series, labels)

@@ -1,0 +1,319 @@
+"""Detector speed and memory at CIFAR-100 scale, and at 500k x 2048 from disk.
+
+    .venv/bin/python benchmarks/detectors.py                 # 50,000 x 512 train, C=100
+    .venv/bin/python benchmarks/detectors.py --no-baseline   # skip the ~15 s naive baseline
+    .venv/bin/python benchmarks/detectors.py --large         # 500,000 x 2,048 train on disk
+
+Default mode: synthetic post-ReLU float32 features, 50,000 x 512 train (C = 100),
+10,000 ID test, 10,000 OOD. Times fit + score of the six detectors of the reference
+experiment through ``ncood.detectors.evaluate`` (class statistics computed once and
+shared), per detector and in total, and the peak memory: ``tracemalloc`` (every NumPy
+allocation during the evaluation) and the process's max RSS. Then, on the same data, a
+naive Mahalanobis as common OOD libraries write it (OpenOOD's ``MDSPostprocessor``:
+float32, a per-class loop over test batches of 200 computing ``(A P A^T).diag()``), to
+give the ratio; its scores are checked against ours. Also times ``ood_metrics`` on
+10^6 + 10^6 scores.
+
+``--large``: 500,000 x 2,048 float32 train features (4.1 GB) written to a ``.npy`` file in
+a temporary directory and fed to the detectors in row chunks (each chunk read from disk
+on demand, as a data loader would), so the process's peak RSS shows what the detectors
+themselves hold. Class statistics are accumulated in one pass and passed to
+Mahalanobis, ViM and NECO with ``fit(..., stats=...)``; ViM makes its second pass (alpha).
+A plain ``np.memmap`` works the same way, but the file pages it touches are counted in
+its RSS as (reclaimable) page cache, which would hide the figure this mode measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from ncood.detectors import DEFAULT_DETECTORS, create_detector, evaluate
+from ncood.detectors.base import class_stats_of
+from ncood.features import FeatureDir, FeatureSet, LinearHead
+from ncood.metrics import auroc, ood_metrics
+
+MiB = 1 << 20
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = ", ".join(
+            f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info()
+        )
+    except ImportError:  # pragma: no cover
+        blas = "?"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"NumPy {np.__version__}; BLAS: {blas}"
+    )
+
+
+# --------------------------------------------------------------------------- data
+class Synthetic:
+    """Post-ReLU class-conditional features and a head that classifies them."""
+
+    def __init__(self, d: int, c: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.d, self.c = d, c
+        self.means = (rng.normal(size=(c, d)) * 1.5 + 0.5).astype(np.float32)
+        centred = self.means - self.means.mean(axis=0)
+        self.head = LinearHead(centred / d**0.5, rng.normal(size=c) * 0.1)
+        self.seed = seed
+
+    def rows(self, start: int, stop: int, *, ood: bool = False, stream: int = 0):
+        """Rows ``start:stop`` of one reproducible stream: ``(features float32, labels)``."""
+        rng = np.random.default_rng([self.seed, stream, start])
+        y = rng.integers(0, self.c, stop - start)
+        z = rng.standard_normal((stop - start, self.d), dtype=np.float32)
+        if ood:  # a mixture of class means (between classes) with wider noise
+            z *= 1.5
+            z += 0.5 * (self.means[y] + self.means[rng.integers(0, self.c, stop - start)])
+        else:
+            z += self.means[y]
+        np.maximum(z, 0.0, out=z)
+        return z, y
+
+    def split(self, n: int, *, ood: bool = False, stream: int = 0, chunk: int = 10_000):
+        z = np.empty((n, self.d), dtype=np.float32)
+        y = np.empty(n, dtype=np.int64)
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            z[a:b], y[a:b] = self.rows(a, b, ood=ood, stream=stream)
+        return z, y
+
+    def feature_set(self, n: int, name: str, *, ood: bool = False, stream: int = 0) -> FeatureSet:
+        z, y = self.split(n, ood=ood, stream=stream)
+        logits = self.head.logits(z).astype(np.float32)
+        return FeatureSet(z, logits, None if ood else y, name)
+
+
+# --------------------------------------------------------------------------- baseline
+def naive_mahalanobis(
+    train_z, train_y, test_z, c: int, batch: int = 200
+) -> tuple[np.ndarray, float, float]:
+    """Mahalanobis as OpenOOD's MDSPostprocessor computes it (float32, per-class loop,
+    ``(A P A^T).diag()`` per test batch). Returns ``(scores, fit_s, score_s)``."""
+    from sklearn.covariance import EmpiricalCovariance
+
+    t0 = time.perf_counter()
+    means = np.stack([train_z[train_y == k].mean(axis=0) for k in range(c)])
+    centred = np.concatenate([train_z[train_y == k] - means[k] for k in range(c)])
+    precision = (
+        EmpiricalCovariance(assume_centered=False).fit(centred).precision_.astype(np.float32)
+    )
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = np.empty(len(test_z))
+    for a in range(0, len(test_z), batch):
+        x = test_z[a : a + batch]
+        scores = np.empty((len(x), c), dtype=np.float32)
+        for k in range(c):
+            t = x - means[k]
+            scores[:, k] = -np.diag(t @ precision @ t.T)
+        out[a : a + batch] = scores.max(axis=1)
+    return out, fit_s, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- modes
+def print_table(rows: list[tuple[str, float, float]]) -> None:
+    print(f"  {'detector':<12}{'fit s':>9}{'score s':>9}{'total s':>9}")
+    for name, fit_s, score_s in rows:
+        print(f"  {name:<12}{fit_s:>9.3f}{score_s:>9.3f}{fit_s + score_s:>9.3f}")
+
+
+def cifar_scale(args) -> None:
+    n_train, d, c, n_test, n_ood = 50_000, 512, 100, 10_000, 10_000
+    print(
+        f"# detectors at CIFAR-100 scale: train {n_train:,} x {d} float32, C={c}, "
+        f"{n_test:,} ID test, {n_ood:,} OOD"
+    )
+    print(f"# {environment()}")
+    gen = Synthetic(d, c)
+    fd = FeatureDir(
+        train=gen.feature_set(n_train, "train", stream=0),
+        test=gen.feature_set(n_test, "test", stream=1),
+        ood={"mix": gen.feature_set(n_ood, "ood", ood=True, stream=2)},
+        head=gen.head,
+    )
+    rss0 = max_rss_mib()
+    evaluate(fd, {"msp": {}}, scores_out=None)  # warm-up (imports, BLAS threads)
+    tracemalloc.start()
+    scores: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    res = evaluate(fd, list(DEFAULT_DETECTORS), scores_out=scores)
+    total = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rows = [(k, v["fit_s"], v["score_s"]) for k, v in res["detectors"].items()]
+    print(
+        f"  class statistics (one pass, shared by mahalanobis/vim/neco): "
+        f"{res['timings']['stats_s']:.3f} s"
+    )
+    print_table(rows)
+    print(f"  TOTAL fit + score of the six, incl. statistics and metrics: {total:.3f} s")
+    print(
+        f"  peak NumPy memory during evaluation (tracemalloc): {peak / MiB:.0f} MiB "
+        f"(train features: {fd.train.features.nbytes / MiB:.0f} MiB float32)"
+    )
+    print(f"  max RSS: {rss0:.0f} MiB before (data generated), {max_rss_mib():.0f} MiB after")
+    print(
+        "  AUROC (synthetic OOD): "
+        + ", ".join(f"{k} {v['ood']['mix']['auroc']:.3f}" for k, v in res["detectors"].items())
+    )
+
+    if not args.no_baseline:
+        print(
+            "# baseline: naive Mahalanobis (OpenOOD MDSPostprocessor style: per-class loop, "
+            "(A P A^T).diag() per batch of 200, float32), ID test + OOD"
+        )
+        x = np.concatenate([fd.test.features, fd.ood["mix"].features])
+        ref, fit_s, score_s = naive_mahalanobis(fd.train.features, fd.train.labels, x, c)
+        ours = np.concatenate([scores["mahalanobis/id"], scores["mahalanobis/mix"]])
+        maha = res["detectors"]["mahalanobis"]
+        ours_s = res["timings"]["stats_s"] + maha["fit_s"] + maha["score_s"]
+        print(f"  naive: fit {fit_s:.3f} s, score {score_s:.3f} s, total {fit_s + score_s:.3f} s")
+        print(
+            f"  ncood mahalanobis incl. statistics: {ours_s:.3f} s  -> "
+            f"{(fit_s + score_s) / ours_s:.0f}x faster"
+        )
+        rel = np.max(np.abs(ref - ours)) / np.max(np.abs(ours))
+        print(
+            f"  max |naive - ncood| / max |score| = {rel:.1e} (float32 baseline); AUROC "
+            f"naive {auroc(ref[:n_test], ref[n_test:]):.4f} vs ncood "
+            f"{auroc(ours[:n_test], ours[n_test:]):.4f}"
+        )
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 1_000_000), rng.normal(0, 1, 1_000_000)
+    t0 = time.perf_counter()
+    ood_metrics(a, b)
+    print(f"# ood_metrics on 10^6 ID + 10^6 OOD scores: {time.perf_counter() - t0:.3f} s")
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file, read from disk on each slice (no mapping held)."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = np.lib.format._read_array_header(fh, version)
+            self.offset = fh.tell()
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("NpyRows supports contiguous row slices only")
+        d = self.shape[1]
+        return np.fromfile(
+            self.path,
+            dtype=self.dtype,
+            count=(stop - start) * d,
+            offset=self.offset + start * d * self.dtype.itemsize,
+        ).reshape(stop - start, d)
+
+
+def large(args) -> None:
+    n_train, d, c, n_test, n_ood = args.n_train, 2048, 100, 10_000, 10_000
+    size = n_train * d * 4
+    print(
+        f"# detectors at scale: train {n_train:,} x {d} float32 on disk ({size / 2**30:.1f} "
+        f"GiB), C={c}, {n_test:,} ID test, {n_ood:,} OOD (in memory)"
+    )
+    print(f"# {environment()}")
+    gen = Synthetic(d, c)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        path = Path(tmp) / "train_features.npy"
+        labels = np.empty(n_train, dtype=np.int64)
+        t0 = time.perf_counter()
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<f4", "fortran_order": False, "shape": (n_train, d)}
+            )
+            for a in range(0, n_train, 8192):
+                b = min(n_train, a + 8192)
+                z, labels[a:b] = gen.rows(a, b)
+                z.tofile(fh)
+        print(f"  wrote {path.name} in {time.perf_counter() - t0:.1f} s")
+        train = NpyRows(path)
+        test = gen.feature_set(n_test, "test", stream=1)
+        ood = gen.feature_set(n_ood, "ood", ood=True, stream=2)
+        rss0 = max_rss_mib()
+        tracemalloc.start()
+        t_all = time.perf_counter()
+        t0 = time.perf_counter()
+        stats = class_stats_of(train, labels, c)
+        stats_s = time.perf_counter() - t0
+        print(f"  class statistics (one chunked pass over the file): {stats_s:.1f} s")
+        rows = []
+        for name in DEFAULT_DETECTORS:
+            det = create_detector(name)
+            t0 = time.perf_counter()
+            det.fit(
+                train if det.needs_train_features else None,
+                labels,
+                gen.head,
+                stats=stats if det.uses_stats else None,
+            )
+            fit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            s_id = det.score(test.features, test.logits)
+            s_ood = det.score(ood.features, ood.logits)
+            rows.append((name, fit_s, time.perf_counter() - t0))
+            print(f"  {name}: AUROC {auroc(s_id, s_ood):.3f}", file=sys.stderr)
+        total = time.perf_counter() - t_all
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print_table(rows)
+        print(f"  TOTAL incl. statistics: {total:.1f} s")
+        print(f"  peak NumPy memory during fit + score (tracemalloc): {peak / MiB:.0f} MiB")
+        print(
+            f"  max RSS: {rss0:.0f} MiB before, {max_rss_mib():.0f} MiB after; "
+            f"train features on disk: {size / MiB:,.0f} MiB"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--large", action="store_true", help="500,000 x 2,048 train features on disk")
+    p.add_argument("--n-train", type=int, default=500_000, help="train rows in --large mode")
+    p.add_argument("--tmp", default=None, help="directory for the --large temp file")
+    p.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
+    args = p.parse_args()
+    if args.large:
+        large(args)
+    else:
+        cifar_scale(args)
+
+
+if __name__ == "__main__":
+    main()

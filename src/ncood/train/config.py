@@ -1,0 +1,214 @@
+"""The training config: one small dataclass, every default explained, strictly validated.
+
+Fields left at ``None`` take the regime's default (see :mod:`ncood.train.regimes`);
+:meth:`TrainConfig.resolved` fills them in, and the resolved config is what a run records
+(``train_config.json`` and every checkpoint)::
+
+    cfg = TrainConfig.from_dict({"model": "resnet_narrow", "epochs": 3})
+    cfg.resolved().lr            # 0.1, from the "standard" regime
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ncood.config import from_dict as _from_dict
+from ncood.errors import ConfigError
+from ncood.train.regimes import OPTIMIZERS, SCHEDULES, get_regime
+from ncood.validation import check_number
+
+PRECISIONS = ("fp32", "bf16", "auto")
+SNAPSHOT_KEYWORDS = ("log", "all", "none")
+
+# Fields a resumed run may change: they do not change the numbers a CPU run produces
+# (where the data lives, where it runs, how many threads, which epochs get snapshots).
+RESUME_MUTABLE = ("data_root", "allow_subset", "device", "num_threads", "snapshots")
+
+# Fields whose ``None`` means "the regime's default".
+REGIME_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "optimizer",
+    "schedule",
+    "augment",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run.
+
+    Build from a mapping with :meth:`from_dict` (unknown keys and wrong types raise
+    :class:`~ncood.errors.ConfigError`) or from YAML with :meth:`from_yaml`.
+    """
+
+    model: str = "resnet_narrow"  # ncood.models name; in_channels/num_classes come from the data
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder args
+    dataset: str = "fashion_mnist"  # ncood.data name; class subsets as "fashion_mnist[0-5]"
+    data_root: str | None = None  # looked at first; then NCOOD_DATA_ROOT, ~/.cache/ncood, ...
+    allow_subset: bool = False  # fall back to the small Fashion-MNIST subset shipped in ncood
+    regime: str = "standard"  # recipe supplying every default below that is None
+    epochs: int | None = None  # None: the regime's (standard 100, memorize 100, terminal 350)
+    batch_size: int | None = None  # images per step; None: the regime's (128)
+    lr: float | None = None  # peak learning rate; None: the regime's
+    weight_decay: float | None = None  # L2 penalty; None: the regime's
+    momentum: float | None = None  # SGD momentum; None: the regime's (unused by Adam)
+    nesterov: bool | None = None  # Nesterov momentum (SGD only); None: the regime's
+    optimizer: str | None = None  # "sgd" | "adam" | "adamw"; None: the regime's
+    schedule: str | None = None  # "cosine" | "step" | "constant"; None: the regime's
+    augment: bool | None = None  # random crop (pad 4) + flip; None: the regime's
+    max_train_samples: int | None = None  # stratified training subset for fast runs (None: all)
+    max_test_samples: int | None = None  # stratified test subset evaluated per epoch (None: all)
+    seed: int = 0  # seeds the initialisation, subsets, shuffling and augmentation
+    precision: str = "fp32"  # "bf16": autocast; "auto": bf16 where the hardware has it, else fp32
+    channels_last: bool = False  # NHWC memory format (faster convolutions with bf16)
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    snapshots: list[int] | str = "log"  # epochs to save: list, "log" (0,1,2,4..last), "all"/"none"
+    num_threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        owner = "TrainConfig"
+        get_regime(self.regime)  # unknown names suggest the closest
+        from ncood.models import MODELS
+
+        MODELS.get(self.model)
+        for name in ("epochs", "batch_size", "max_train_samples", "max_test_samples"):
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), name, owner, kind=numbers.Integral, low=1)
+        if self.num_threads is not None:
+            check_number(self.num_threads, "num_threads", owner, kind=numbers.Integral, low=1)
+        check_number(self.seed, "seed", owner, kind=numbers.Integral, low=0)
+        if self.lr is not None:
+            self.lr = float(check_number(self.lr, "lr", owner, low=0, low_open=True))
+        if self.weight_decay is not None:
+            self.weight_decay = float(check_number(self.weight_decay, "weight_decay", owner, low=0))
+        if self.momentum is not None:
+            self.momentum = float(
+                check_number(self.momentum, "momentum", owner, low=0, high=1, high_open=True)
+            )
+        _check_choice(self.optimizer, "optimizer", OPTIMIZERS, allow_none=True)
+        _check_choice(self.schedule, "schedule", SCHEDULES, allow_none=True)
+        _check_choice(self.precision, "precision", PRECISIONS)
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(
+                f"The 'device' parameter of TrainConfig must be 'auto', 'cpu' or 'cuda[:i]'. "
+                f"Got {self.device!r} instead."
+            )
+        if isinstance(self.snapshots, str):
+            _check_choice(self.snapshots, "snapshots", SNAPSHOT_KEYWORDS)
+        else:
+            bad = [
+                e for e in self.snapshots if isinstance(e, bool) or not isinstance(e, int) or e < 0
+            ]
+            if bad:
+                raise ConfigError(
+                    "The 'snapshots' parameter of TrainConfig must be 'log', 'all', 'none' or a "
+                    f"list of epochs >= 0 (0 = initialisation). Got {self.snapshots!r} instead."
+                )
+            self.snapshots = sorted(set(self.snapshots))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
+        """Build from a mapping: an unknown key names the closest valid key; a value of the
+        wrong type names the expected type."""
+        return _from_dict(cls, data, "train config")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Build from a YAML file whose top-level keys are TrainConfig fields."""
+        return cls.from_dict(load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ resolution
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` regime field set to the regime's default."""
+        regime = get_regime(self.regime)
+        changes = {
+            name: getattr(regime, name) for name in REGIME_FIELDS if getattr(self, name) is None
+        }
+        return dataclasses.replace(self, **changes)
+
+    def snapshot_epochs(self) -> list[int]:
+        """The epochs (0 = initialisation) at which a snapshot is written.
+
+        ``"log"`` gives 0, 1, 2, 4, 8, ... and the last epoch: dense early, where
+        neural-collapse metrics change fastest, sparse late.
+        """
+        epochs = self.epochs if self.epochs is not None else get_regime(self.regime).epochs
+        if self.snapshots == "none":
+            return []
+        if self.snapshots == "all":
+            return list(range(epochs + 1))
+        if self.snapshots == "log":
+            out = {0, epochs}
+            k = 1
+            while k < epochs:
+                out.add(k)
+                k *= 2
+            return sorted(out)
+        late = [e for e in self.snapshots if e > epochs]
+        if late:
+            raise ConfigError(
+                f"snapshot epochs {late} lie after the last epoch ({epochs}); use epochs in "
+                f"0..{epochs} or snapshots='log'"
+            )
+        return list(self.snapshots)
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...], allow_none: bool = False):
+    if value is None and allow_none:
+        return
+    if value not in choices:
+        raise ConfigError(
+            f"The {name!r} parameter of TrainConfig must be one of {list(choices)}. "
+            f"Got {value!r} instead."
+        )
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, bad YAML or a non-mapping raises ConfigError."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the path") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of TrainConfig fields; "
+            f"got a {type(doc).__name__}"
+        )
+    return doc
+
+
+def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
+    """Keys whose values differ between a run's saved (resolved) config and ``current``,
+    ignoring :data:`RESUME_MUTABLE`; each entry reads ``"lr: 0.1 -> 0.05"``."""
+    now = current.resolved().to_dict()
+    out = []
+    for key, value in now.items():
+        if key in RESUME_MUTABLE:
+            continue
+        if key in saved and saved[key] != value:
+            out.append(f"{key}: {saved[key]!r} -> {value!r}")
+    return out

@@ -1,0 +1,49 @@
+"""Training-curve figure: loss, accuracy and learning rate per epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def plot_history(history: list[dict[str, Any]], title: str = "") -> Figure:
+    """Three panels (loss, accuracy, learning rate) against the epoch.
+
+    Args:
+        history: per-epoch records with ``epoch``, ``train_loss``, ``test_loss``,
+            ``train_acc``, ``test_acc`` (fractions) and ``lr``.
+        title: figure title (e.g. the run's model and regime).
+
+    Returns:
+        The figure (the caller saves and closes it).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    epochs = [row["epoch"] for row in history]
+    ax = axes[0]
+    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax.set_yscale("log")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
+    ax.plot(epochs, [100 * r["test_acc"] for r in history], "s-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend()
+    ax = axes[2]
+    ax.plot(epochs, [r["lr"] for r in history], "o-", color="tab:gray")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate (epoch start)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig

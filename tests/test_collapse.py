@@ -1,0 +1,417 @@
+"""Neural-collapse metrics against closed forms, brute-force loops and second formulations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from scipy.spatial.distance import cdist
+from sklearn.neighbors import NearestCentroid
+
+from ncood.collapse import (
+    ClassStats,
+    collapse_metrics,
+    layer_metrics,
+    nc5,
+    nc5_centred,
+    to_jsonable,
+)
+from ncood.collapse.depth import depth_analysis, fit_log_linear
+from ncood.collapse.epochs import Snapshot, epoch_analysis
+from ncood.collapse.metrics import HEAD_SCALARS
+from ncood.errors import ShapeError
+from ncood.features import FeatureSet, LinearHead
+
+SCALARS = HEAD_SCALARS + ("ncc_acc",)
+
+
+# ---------------------------------------------------------------------- fixtures
+def rotation(d: int, seed: int = 0) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return q * np.sign(np.diag(r))  # (d, d) orthogonal
+
+
+def simplex_etf(c: int, d: int, seed: int = 0) -> np.ndarray:
+    """``(C, D)`` rows of a simplex ETF (unit norms, cosines -1/(C-1)), randomly rotated."""
+    e = np.sqrt(c / (c - 1)) * (np.eye(c) - 1.0 / c)  # (C, C), rows sum to 0
+    return e @ rotation(d, seed)[:c]  # embed the C-dim frame in D dims, then rotate
+
+
+def centred_noise(y: np.ndarray, d: int, seed: int) -> np.ndarray:
+    """Gaussian noise whose per-class mean is exactly zero (class means stay fixed)."""
+    noise = np.random.default_rng(seed).standard_normal((y.size, d))
+    for c in np.unique(y):
+        noise[y == c] -= noise[y == c].mean(axis=0)
+    return noise
+
+
+def clustered(c=6, d=16, per=40, spread=1.0, offset=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = rng.standard_normal((c, d)) * 3.0
+    y = np.repeat(np.arange(c), per)
+    rng.shuffle(y)
+    z = mu[y] + spread * rng.standard_normal((y.size, d)) + offset
+    head = LinearHead(rng.standard_normal((c, d)), rng.standard_normal(c))
+    return z, y, head
+
+
+def brute_force(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    """Direct loop implementation of the DESIGN.md table (float64, no streaming)."""
+    c = int(y.max()) + 1
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(c)])
+    mg = mus.mean(axis=0)
+    m = mus - mg
+    var = np.array([np.mean(np.sum((z[y == k] - mus[k]) ** 2, axis=1)) for k in range(c)])
+    pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]
+    cdnv = np.mean([(var[i] + var[j]) / (2 * np.sum((mus[i] - mus[j]) ** 2)) for i, j in pairs])
+
+    def nc2(rows):
+        norms = np.linalg.norm(rows, axis=1)
+        cos = np.array([rows[i] @ rows[j] / (norms[i] * norms[j]) for i, j in pairs])
+        return norms.std() / norms.mean(), cos.std(), np.mean(np.abs(cos + 1 / (c - 1)))
+
+    en_m, ea_m, ma_m = nc2(m)
+    en_w, ea_w, ma_w = nc2(w)
+    resid = z - mus[y]
+    s_w = resid.T @ resid / len(y)
+    s_b = m.T @ m / c
+    return {
+        "nc1_trace": np.trace(s_w) / np.trace(s_b),
+        "cdnv": cdnv,
+        "nc2_equinorm_means": en_m,
+        "nc2_equiangular_means": ea_m,
+        "nc2_maxangle_means": ma_m,
+        "nc2_equinorm_weights": en_w,
+        "nc2_equiangular_weights": ea_w,
+        "nc2_maxangle_weights": ma_w,
+        "nc3": np.sum((w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2),
+        "weight_mean_cosine": np.array(
+            [w[k] @ m[k] / (np.linalg.norm(w[k]) * np.linalg.norm(m[k])) for k in range(c)]
+        ),
+        "within_class_variance": var,
+        "mean_distances": cdist(mus, mus),
+        "s_w": s_w,
+        "s_b": s_b,
+    }
+
+
+# ---------------------------------------------------------------------- exact ETF
+@pytest.mark.parametrize("offset", [0.0, 7.5])
+def test_exact_simplex_etf_is_fully_collapsed(offset):
+    c, d = 10, 32
+    mu = simplex_etf(c, d, seed=1) * 4.0  # centred ETF, norm 4
+    y = np.repeat(np.arange(c), 7)
+    z = mu[y] + offset  # samples are exactly their class means; mu_G = offset
+    shift = np.full(d, offset)
+    # NC3 with W = a M; b = -W mu_G makes W z + b = a M (mu_c - mu_G) (NC4 for any offset)
+    m = collapse_metrics(z, y, LinearHead(2.5 * mu, -(2.5 * mu) @ shift))
+    for key in ("nc1", "nc1_trace", "cdnv", "nc3", "nc4") + tuple(
+        f"nc2_{k}_{w}"
+        for k in ("equinorm", "equiangular", "maxangle")
+        for w in ("means", "weights")
+    ):
+        assert abs(m[key]) < 1e-10, (key, m[key])
+    np.testing.assert_allclose(m["weight_mean_cosine"], 1.0, atol=1e-12)
+    np.testing.assert_allclose(m["mean_cosines"], -1 / (c - 1), atol=1e-12)
+    assert m["etf_exists"] and m["notes"] == [] and m["nc1_rank"] == c - 1
+    # NC4 with W = M and b = 0 on features centred at mu_G = 0
+    m0 = collapse_metrics(mu[y], y, LinearHead(mu, np.zeros(c)))
+    assert m0["nc4"] == 0.0 and m0["ncc_acc"] == 1.0
+
+
+def test_nc1_grows_as_noise_squared():
+    c, d = 10, 32
+    mu = simplex_etf(c, d, seed=2) * 5.0
+    y = np.repeat(np.arange(c), 30)
+    noise = centred_noise(y, d, seed=3)
+    scales = np.logspace(-2, 0.5, 6)
+    nc1 = [layer_metrics(mu[y] + s * noise, y)["nc1"] for s in scales]
+    slope = np.polyfit(np.log(scales), np.log(nc1), 1)[0]
+    assert abs(slope - 2.0) < 0.05
+    # closed form: S_B of an ETF of norm r is r^2/(C-1) times the projector on its span
+    resid = noise.T @ noise / y.size
+    _, _, vt = np.linalg.svd(mu)
+    proj = vt[: c - 1].T @ vt[: c - 1]
+    expected = scales[0] ** 2 * np.trace(resid @ proj) * (c - 1) / 25.0 / c
+    np.testing.assert_allclose(nc1[0], expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("transform", ["rotation", "scale", "both"])
+def test_metrics_invariant_to_rotation_and_scaling(transform):
+    z, y, head = clustered(c=7, d=20, per=30, seed=4)
+    ood = np.random.default_rng(5).standard_normal((50, 20)) + 1.0
+    q = rotation(20, seed=6) if transform != "scale" else np.eye(20)
+    a = 3.7 if transform != "rotation" else 1.0
+    # features z -> a z Q, head W -> W Q / a: the logits are unchanged
+    head2 = LinearHead(head.weight @ q / a, head.bias)
+    m1, m2 = collapse_metrics(z, y, head), collapse_metrics(a * z @ q, y, head2)
+    for key in SCALARS:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    np.testing.assert_allclose(nc5(a * z @ q, y, a * ood @ q), nc5(z, y, ood), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------- brute force
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_metrics_match_brute_force_loops(offset):
+    z, y, head = clustered(c=6, d=12, per=25, spread=1.5, offset=offset, seed=7)
+    m = collapse_metrics(z, y, head)
+    ref = brute_force(z, y, head.weight)
+    for key, val in ref.items():
+        if key in m:
+            np.testing.assert_allclose(m[key], val, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_cdnv_against_brute_force_loop():
+    z, y, _ = clustered(c=5, d=8, per=20, spread=2.0, seed=8)
+    total, pairs = 0.0, 0
+    for i in range(5):
+        for j in range(i + 1, 5):
+            zi, zj = z[y == i], z[y == j]
+            vi = np.mean([np.sum((r - zi.mean(0)) ** 2) for r in zi])
+            vj = np.mean([np.sum((r - zj.mean(0)) ** 2) for r in zj])
+            total += (vi + vj) / (2 * np.sum((zi.mean(0) - zj.mean(0)) ** 2))
+            pairs += 1
+    np.testing.assert_allclose(layer_metrics(z, y)["cdnv"], total / pairs, rtol=1e-10)
+
+
+def test_nc4_and_ncc_accuracy_against_direct_distances():
+    # float32 with a large offset: the ||z||^2 - 2 z.mu + ||mu||^2 trick is taken about a shift
+    z, y, head = clustered(c=8, d=24, per=50, spread=3.0, offset=100.0, seed=9)
+    z32 = z.astype(np.float32)
+    m = collapse_metrics(z32, y, head, chunk_size=37)
+    z64 = z32.astype(np.float64)
+    mus = np.stack([z64[y == k].mean(0) for k in range(8)])
+    nearest = cdist(z64, mus).argmin(axis=1)
+    pred = (z64 @ head.weight.T + head.bias).argmax(axis=1)
+    assert m["nc4"] == pytest.approx(np.mean(pred != nearest), abs=0)
+    sk = NearestCentroid().fit(z64, y).predict(z64)
+    assert m["ncc_acc"] == pytest.approx(np.mean(sk == y), abs=0)
+    assert 0.0 < m["nc4"] < 1.0  # the check is not vacuous
+
+
+# ---------------------------------------------------------------------- NC1 numerics
+def test_nc1_float32_centring_regression():
+    c, d, per = 100, 512, 40
+    rng = np.random.default_rng(10)
+    mu = rng.standard_normal((c, d))
+    y = np.repeat(np.arange(c), per)
+    z = (mu[y] + 2.0 * rng.standard_normal((y.size, d)) + 100.0).astype(np.float32)
+    got = collapse_metrics(z, y, LinearHead(mu, np.zeros(c)))["nc1"]
+    # float64 reference: two-pass means, eigh of S_B, its top C-1 eigenpairs
+    z64 = z.astype(np.float64)
+    mus = np.stack([z64[y == k].mean(0) for k in range(c)])
+    m = mus - mus.mean(0)
+    r = z64 - mus[y]
+    s_w, s_b = r.T @ r / y.size, m.T @ m / c
+    lam, v = np.linalg.eigh(s_b)
+    lam, v = lam[-(c - 1) :], v[:, -(c - 1) :]
+    ref = np.trace(s_w @ (v / lam) @ v.T) / c
+    assert abs(got - ref) / ref < 1e-6
+    # the naive float32 version (float32 centring, full pseudo-inverse) is far off,
+    # so the comparison above is meaningful
+    mus32 = np.stack([z[y == k].mean(0) for k in range(c)])
+    m32 = mus32 - mus32.mean(0)
+    r32 = z - mus32[y]
+    naive = np.trace((r32.T @ r32 / y.size) @ np.linalg.pinv(m32.T @ m32 / c)) / c
+    assert abs(naive - ref) / ref > 100.0
+
+
+@pytest.mark.parametrize(("c", "d"), [(9, 8), (5, 16), (12, 40)])
+def test_nc1_agrees_with_full_pseudo_inverse(c, d):
+    z, y, head = clustered(c=c, d=d, per=30, spread=1.0, seed=11)
+    ref = brute_force(z, y, head.weight)
+    full = np.trace(ref["s_w"] @ np.linalg.pinv(ref["s_b"])) / c
+    np.testing.assert_allclose(collapse_metrics(z, y, head)["nc1"], full, rtol=1e-8)
+
+
+def test_no_etf_when_dim_below_classes_minus_one():
+    z, y, head = clustered(c=10, d=5, per=20, seed=12)
+    m = collapse_metrics(z, y, head)
+    assert m["etf_exists"] is False
+    assert any("no simplex ETF" in note for note in m["notes"])
+    assert m["nc1_rank"] == 5
+    ref = brute_force(z, y, head.weight)  # S_B is full rank (D < C-1): pinv == inv
+    np.testing.assert_allclose(
+        m["nc1"], np.trace(ref["s_w"] @ np.linalg.inv(ref["s_b"])) / 10, rtol=1e-8
+    )
+    assert layer_metrics(z, y)["notes"] == m["notes"]
+
+
+# ---------------------------------------------------------------------- NC5
+def test_nc5_zero_for_ood_mean_orthogonal_to_class_means():
+    c, d = 6, 20
+    q = rotation(d, seed=13)
+    mu = np.random.default_rng(14).standard_normal((c, c)) @ q[:c]  # span of q[:c]
+    y = np.repeat(np.arange(c), 10)
+    z = mu[y] + 0.5 * centred_noise(y, d, seed=15)
+    ood_dir = 3.0 * q[c] + 2.0 * q[c + 3]  # in the orthogonal complement of the means
+    ood = ood_dir + centred_noise(np.zeros(40, dtype=int), d, seed=16)
+    assert nc5(z, y, ood) < 1e-12
+    # a second, direct formulation on generic data
+    ood2 = np.random.default_rng(17).standard_normal((40, d)) + 1.0
+    mo = ood2.mean(0)
+    direct = np.mean([abs(m @ mo) / (np.linalg.norm(m) * np.linalg.norm(mo)) for m in mu])
+    np.testing.assert_allclose(nc5(z, y, ood2), direct, rtol=1e-10)
+    # centred variant: 0 when the OOD mean minus mu_G is orthogonal to every mu_c - mu_G
+    mg = mu.mean(0)
+    assert nc5_centred(z, y, mg + ood_dir + 0 * ood) < 1e-12
+    assert nc5(z, y, mg + ood_dir + 0 * ood) > 1e-3  # the uncentred one sees mu_G
+
+
+# ---------------------------------------------------------------------- streaming
+def test_merged_halves_equal_one_pass():
+    z, y, head = clustered(c=5, d=10, per=40, spread=1.0, offset=20.0, seed=18)
+    half = len(y) // 2
+    a = ClassStats.from_features(z[:half], y[:half], 5)
+    b = ClassStats.from_features(z[half:] + 0.0, y[half:], 5)  # a different shift
+    assert not np.allclose(a.shift, b.shift)
+    merged, one = a.merge(b), ClassStats.from_features(z, y, 5)
+    np.testing.assert_allclose(merged.within_cov(), one.within_cov(), rtol=1e-10, atol=1e-12)
+    m1, m2 = collapse_metrics(z, y, head, stats=merged), collapse_metrics(z, y, head)
+    for key in SCALARS:
+        np.testing.assert_allclose(m1[key], m2[key], rtol=1e-9, err_msg=key)
+    light = ClassStats.from_features(z[:half], y[:half], 5, second_moment=False).merge(
+        ClassStats.from_features(z[half:], y[half:], 5, second_moment=False)
+    )
+    np.testing.assert_allclose(light.class_variances(), one.class_variances(), rtol=1e-10)
+    with pytest.raises(ShapeError, match="second_moment"):
+        light.within_cov()
+
+
+def test_light_layer_metrics_agree_with_full():
+    z, y, _ = clustered(c=6, d=30, per=30, spread=2.0, offset=5.0, seed=19)
+    full, light = layer_metrics(z, y), layer_metrics(z, y, full=False, chunk_size=50)
+    assert "nc1" in full and "nc1" not in light and not light["full"]
+    for key in ("nc1_trace", "cdnv", "ncc_acc", "within_class_variance", "mean_distances"):
+        np.testing.assert_allclose(light[key], full[key], rtol=1e-10, err_msg=key)
+
+
+def test_errors_name_the_problem():
+    z, y, head = clustered(c=4, d=6, seed=20)
+    with pytest.raises(ShapeError, match="6 features, but the head is expecting 7"):
+        collapse_metrics(z, y, LinearHead(np.ones((4, 7)), np.zeros(4)))
+    with pytest.raises(ShapeError, match="class"):
+        collapse_metrics(z[y != 2], y[y != 2], head)
+    with pytest.raises(ShapeError, match="NaN"):
+        layer_metrics(np.where(np.arange(z.size).reshape(z.shape) == 5, np.nan, z), y)
+
+
+def test_to_jsonable_round_trips():
+    z, y, head = clustered(c=4, d=6, seed=21)
+    m = collapse_metrics(z, y, head)
+    m["extra"] = float("nan")
+    doc = json.loads(json.dumps(to_jsonable(m), allow_nan=False))
+    assert doc["extra"] is None and doc["nc1"] == pytest.approx(m["nc1"])
+    assert np.asarray(doc["mean_distances"]).shape == (4, 4)
+
+
+# ---------------------------------------------------------------------- depth and epochs
+def test_fit_log_linear_recovers_geometric_decay():
+    fit = fit_log_linear(5.0 * 0.3 ** np.arange(5))
+    assert fit["factor"] == pytest.approx(0.3) and fit["r2"] == pytest.approx(1.0)
+    assert fit["rate"] == pytest.approx(np.log(0.3))
+
+
+def test_depth_analysis_decay_rate():
+    c, d = 6, 16
+    mu = simplex_etf(c, d, seed=22) * 4.0
+    y = np.repeat(np.arange(c), 20)
+    noise = centred_noise(y, d, seed=23)
+    layers = {f"stage{k}": mu[y] + 2.0 * 0.5**k * noise for k in range(4)}
+    wide = np.concatenate([mu[y], 2.0 * noise], axis=1)  # a "wide" layer first
+    layers = {"wide": wide, **layers}
+    head = LinearHead(mu, np.zeros(c))
+    res = depth_analysis(layers, y, head=head, max_full_dim=20)
+    assert not res.metrics["wide"]["full"] and "nc1" not in res.metrics["wide"]
+    assert "nc4" in res.metrics["stage3"]
+    assert "nc1" not in res.decay  # not measured in every layer
+    # on the pooled stages alone, nc1 falls by exactly 0.5^2 per layer
+    res2 = depth_analysis({k: v for k, v in layers.items() if k != "wide"}, y, head=head)
+    assert res2.decay["nc1"]["factor"] == pytest.approx(0.25, rel=1e-9)
+    assert res2.decay["nc1_trace"]["r2"] == pytest.approx(1.0)
+    assert [r["layer"] for r in res2.table()] == ["stage0", "stage1", "stage2", "stage3"]
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+def _fs(z, y, head, name):
+    return FeatureSet(features=z, logits=head.logits(z), labels=y, name=name)
+
+
+def test_epoch_analysis_tracks_metrics_and_zero_error():
+    c, d = 5, 12
+    mu = simplex_etf(c, d, seed=24) * 3.0
+    y = np.repeat(np.arange(c), 20)
+    noise = centred_noise(y, d, seed=25)
+    head = LinearHead(mu, np.zeros(c))
+    ood = np.random.default_rng(26).standard_normal((30, d)) + 0.3
+    snaps = []
+    for epoch, s, err in [(4, 0.1, 0.0), (0, 2.0, 0.4), (2, 0.5, 0.05), (6, 0.05, 0.0)]:
+        z = mu[y] + s * noise
+        snaps.append(
+            (
+                epoch,
+                _fs(z, y, head, "train"),
+                head,
+                err,
+                {"noise": FeatureSet(ood, head.logits(ood))},
+            )
+        )
+    res = epoch_analysis(snaps)
+    assert res.epochs == [0, 2, 4, 6] and res.zero_error_epoch == 4
+    nc1 = res.series("nc1")
+    assert np.all(np.diff(nc1) < 0)
+    z2 = mu[y] + 0.5 * noise
+    assert nc1[1] == pytest.approx(collapse_metrics(z2, y, head)["nc1"], rel=1e-12)
+    assert res.series("nc5/noise")[1] == pytest.approx(nc5(z2, y, ood), rel=1e-12)
+    # train_error None: computed from the snapshot's logits
+    res2 = epoch_analysis([Snapshot(1, _fs(mu[y] + 2.0 * noise, y, head, "t"), head, None, {})])
+    direct = np.mean(head.logits(mu[y] + 2.0 * noise).argmax(1) != y)
+    assert res2.metrics[0]["train_error"] == pytest.approx(direct)
+    assert res2.zero_error_epoch is None
+    json.dumps(res.to_dict(), allow_nan=False)
+
+
+# ---------------------------------------------------------------------- figures
+def test_figures(tmp_path):
+    from ncood.report import collapse_plots as cp
+
+    z, y, head = clustered(c=5, d=10, seed=27)
+    m = collapse_metrics(z, y, head)
+    fig = cp.plot_cosine_histogram(m["mean_cosines"], 5, weight_cosines=m["weight_cosines"])
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert any(np.allclose(line.get_xdata(), -0.25) for line in ax.get_lines())
+    heat = cp.plot_mean_distances(m["mean_distances"], class_names=list("abcde"))
+    assert len(heat.axes) == 2  # heatmap + colorbar
+    assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == list("abcde")
+    paths = cp.save_collapse_figures(m, tmp_path, "pen")
+    assert len(paths) == 4
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    layers = {
+        f"s{k}": z + (3 - k) * np.random.default_rng(k).standard_normal(z.shape) for k in range(3)
+    }
+    depth_fig = cp.plot_depth(depth_analysis(layers, y))
+    assert depth_fig.axes[0].get_yscale() == "log"
+    assert "/layer" in depth_fig.axes[0].get_legend().get_texts()[0].get_text()
+
+    snaps = [(e, _fs(z, y, head, "t"), head, err, {}) for e, err in [(0, 0.5), (3, 0.0)]]
+    ep = cp.plot_epochs(epoch_analysis(snaps))
+    ax, ax_err = ep.axes
+    assert ax.get_yscale() == "log" and ax_err.get_ylabel()
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert dashed and np.allclose(dashed[0].get_xdata(), 3)
+
+
+# ---------------------------------------------------------------------- real data
+@pytest.mark.slow
+def test_nc1_decreases_with_training(fmnist_run):
+    trained = collapse_metrics(fmnist_run.train.features, fmnist_run.train.labels, fmnist_run.head)
+    init = collapse_metrics(
+        fmnist_run.init_train.features, fmnist_run.init_train.labels, fmnist_run.init_head
+    )
+    assert trained["nc1"] < init["nc1"]

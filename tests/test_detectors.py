@@ -1,0 +1,418 @@
+"""Detectors against second formulations (closed forms, scikit-learn, direct NumPy),
+plus the same contract checks for every registered detector."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from scipy.linalg import pinvh
+from scipy.special import softmax
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+
+import ncood.detectors.base as det_base
+import ncood.detectors.neighbors as det_neighbors
+from ncood.collapse import ClassStats
+from ncood.detectors import create_detector, detector_class, list_detectors
+from ncood.errors import ConfigError, NotFittedError, ShapeError
+from ncood.features import LinearHead
+from ncood.metrics import auroc
+
+SIX = ("msp", "maxlogit", "energy", "mahalanobis", "vim", "neco")
+# KNN keeps its index and products in float32 (as the paper's faiss index): results
+# depend on the batch at float32 rounding level.
+TOL = {"knn": {"rtol": 0, "atol": 2e-6}}
+DEFAULT_TOL = {"rtol": 1e-10, "atol": 1e-12}
+
+
+# --------------------------------------------------------------------------- data
+class Data:
+    """Anisotropic class-conditional data with a common positive offset (like post-ReLU
+    features), a random head, ID test and OOD-like queries."""
+
+    def __init__(self, seed=0, n=600, d=24, c=5, n_query=200):
+        rng = np.random.default_rng(seed)
+        means = 3.0 * rng.normal(size=(c, d)) + 5.0
+        mix = rng.normal(size=(d, d)) * np.linspace(0.3, 2.0, d)  # distinct scales
+        self.y = rng.integers(0, c, n)
+        self.y[:c] = np.arange(c)  # every class present
+        self.Z = means[self.y] + rng.normal(size=(n, d)) @ mix
+        self.head = LinearHead(rng.normal(size=(c, d)) / np.sqrt(d), rng.normal(size=c))
+        q = means[rng.integers(0, c, n_query)] + 1.5 * rng.normal(size=(n_query, d)) @ mix
+        self.X = q
+        self.F = self.head.logits(q)
+
+
+def _blobs(seed=0, c=4, d=32, n_train=800, n_test=300, n_ood=300, radius=10.0):
+    """Well-separated spherical classes on orthogonal directions and a linear head that
+    classifies them; OOD = a tight cloud at the centre between the classes."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(d, c)))
+    offset = 1.0
+    means = radius * q.T + offset  # (C, D)
+    centred = means - means.mean(axis=0)
+    head = LinearHead(centred, -0.5 * (centred**2).sum(axis=1) - centred @ means.mean(axis=0))
+    y = rng.integers(0, c, n_train)
+    z = means[y] + rng.normal(size=(n_train, d))
+    x = means[rng.integers(0, c, n_test)] + rng.normal(size=(n_test, d))
+    o = means.mean(axis=0) + 0.3 * rng.normal(size=(n_ood, d))
+    return z, y, head, x, o
+
+
+@pytest.fixture(scope="module")
+def data():
+    return Data()
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return _blobs()
+
+
+# --------------------------------------------------------------------------- closed forms
+@pytest.mark.parametrize("T", [1.0, 0.5, 3.0])
+def test_logit_detectors_closed_forms(data, T):
+    f = data.F
+    msp = create_detector("msp", T=T).score(data.X, f)
+    np.testing.assert_allclose(msp, softmax(f / T, axis=1).max(axis=1), rtol=1e-13)
+    energy = create_detector("energy", T=T).score(data.X, f)
+    np.testing.assert_allclose(energy, T * np.log(np.exp(f / T).sum(axis=1)), rtol=1e-13)
+    np.testing.assert_array_equal(create_detector("maxlogit").score(None, f), f.max(axis=1))
+
+
+def test_logit_detectors_are_stable_for_huge_logits():
+    f = np.array([[1000.0, 0.0], [-1000.0, -1000.0]])
+    np.testing.assert_allclose(create_detector("msp").score(None, f), [1.0, 0.5])
+    np.testing.assert_allclose(
+        create_detector("energy").score(None, f), [1000.0, -1000 + np.log(2)]
+    )
+
+
+def test_react_matches_direct(data):
+    det = create_detector("react", percentile=85.0).fit(data.Z, data.y, data.head)
+    c = np.percentile(data.Z.ravel(), 85.0)
+    assert det.threshold_ == pytest.approx(c, rel=1e-14)
+    logits = np.minimum(data.X, c) @ data.head.weight.T + data.head.bias
+    expected = np.log(np.exp(logits).sum(axis=1))
+    np.testing.assert_allclose(det.score(data.X, data.F), expected, rtol=1e-12)
+
+
+def test_mahalanobis_matches_sklearn_empirical_covariance(data):
+    det = create_detector("mahalanobis").fit(data.Z, data.y, data.head)
+    c = data.head.num_classes
+    means = np.stack([data.Z[data.y == k].mean(axis=0) for k in range(c)])
+    ec = EmpiricalCovariance(assume_centered=True).fit(data.Z - means[data.y])
+    dist = np.stack([ec.mahalanobis(data.X - means[k]) for k in range(c)], axis=1)  # (n, C)
+    np.testing.assert_allclose(det.score(data.X, data.F), -dist.min(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(det.precision_, ec.precision_, rtol=1e-8, atol=1e-12)
+
+
+def test_mahalanobis_rank_deficient_covariance_uses_pseudo_inverse():
+    # D = 40 > n - C = 27: the within-class covariance is singular; P = pinvh(S_W)
+    rng = np.random.default_rng(3)
+    c, d, n = 3, 40, 30
+    y = np.arange(n) % c
+    z = rng.normal(size=(c, d))[y] * 4 + rng.normal(size=(n, d))
+    head = LinearHead(rng.normal(size=(c, d)), np.zeros(c))
+    det = create_detector("mahalanobis").fit(z, y, head)
+    means = np.stack([z[y == k].mean(axis=0) for k in range(c)])
+    zc = z - means[y]
+    p = pinvh(zc.T @ zc / n)
+    x = z[:7] + 0.1 * rng.normal(size=(7, d))
+    diffs = x[:, None, :] - means[None]  # (n, C, D)
+    expected = -np.einsum("ncd,de,nce->nc", diffs, p, diffs).min(axis=1)
+    assert det.rank_ == n - c
+    np.testing.assert_allclose(det.score(x, head.logits(x)), expected, rtol=1e-7)
+
+
+def _vim_direct(z_train, w, b, dim, x, f):
+    """ViM as in the authors' code: explicit centring, full eigendecomposition."""
+    u = -np.linalg.pinv(w) @ b
+    zc = z_train - u
+    evals, evecs = np.linalg.eigh(zc.T @ zc / len(z_train))
+    residual = evecs[:, np.argsort(evals)[::-1][dim:]]  # after the top `dim`
+    train_logits = z_train @ w.T + b
+    alpha = train_logits.max(axis=1).mean() / np.linalg.norm(zc @ residual, axis=1).mean()
+    energy = np.log(np.exp(f).sum(axis=1))
+    return energy - alpha * np.linalg.norm((x - u) @ residual, axis=1), alpha
+
+
+@pytest.mark.parametrize("dim", [3, 12, 20])
+def test_vim_matches_direct_numpy(data, dim):
+    det = create_detector("vim", dim=dim).fit(data.Z, data.y, data.head)
+    expected, alpha = _vim_direct(data.Z, data.head.weight, data.head.bias, dim, data.X, data.F)
+    assert det.alpha_ == pytest.approx(alpha, rel=1e-9)
+    assert det.residual_.shape == (data.Z.shape[1], data.Z.shape[1] - dim)
+    np.testing.assert_allclose(det.score(data.X, data.F), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "width, expected", [(16, 8), (24, 12), (512, 256), (767, 383), (768, 512), (2048, 1000)]
+)
+def test_vim_default_dim(width, expected):
+    from ncood.detectors.subspace import vim_default_dim
+
+    assert vim_default_dim(width) == expected
+
+
+def test_vim_default_dim_is_used(data):
+    det = create_detector("vim").fit(data.Z, data.y, data.head)
+    assert det.dim_ == data.Z.shape[1] // 2
+
+
+def _neco_sklearn(z_train, x, dim):
+    ss = StandardScaler().fit(z_train)
+    pca = PCA(svd_solver="full").fit(ss.transform(z_train))
+    s = ss.transform(x)
+    return np.linalg.norm(pca.transform(s)[:, :dim], axis=1) / np.linalg.norm(s, axis=1)
+
+
+@pytest.mark.parametrize("dim", [1, 5, 17, 24])
+def test_neco_matches_sklearn_standardscaler_pca(data, dim):
+    det = create_detector("neco", dim=dim).fit(data.Z, data.y, data.head)
+    np.testing.assert_allclose(
+        det.score(data.X, data.F), _neco_sklearn(data.Z, data.X, dim), rtol=1e-9
+    )
+    with_logit = create_detector("neco", dim=dim, use_maxlogit=True).fit(data.Z, data.y, data.head)
+    np.testing.assert_allclose(
+        with_logit.score(data.X, data.F),
+        _neco_sklearn(data.Z, data.X, dim) * data.F.max(axis=1),
+        rtol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("variance", [0.5, 0.8, 0.95])
+def test_neco_variance_picks_the_same_dim_as_sklearn_pca(data, variance):
+    det = create_detector("neco", variance=variance).fit(data.Z, data.y, data.head)
+    pca = PCA(n_components=variance, svd_solver="full")
+    pca.fit(StandardScaler().fit_transform(data.Z))
+    assert det.dim_ == pca.n_components_
+    assert det.explained_variance_ == pytest.approx(pca.explained_variance_ratio_.sum(), rel=1e-9)
+
+
+def test_neco_constant_features_follow_standardscaler(data, caplog):
+    z = data.Z.copy()
+    z[:, [2, 7]] = [0.0, 3.25]  # dead / constant units
+    x = data.X.copy()
+    x[:, [2, 7]] = [0.0, 3.25]
+    with caplog.at_level(logging.WARNING, logger="ncood.detectors.subspace"):
+        det = create_detector("neco", dim=6).fit(z, data.y, data.head)
+    assert "2 train feature(s) are constant" in caplog.text and "[2, 7]" in caplog.text
+    assert det.n_constant_ == 2
+    np.testing.assert_allclose(det.score(x, data.F), _neco_sklearn(z, x, 6), rtol=1e-9)
+    # a sample that wakes a dead unit grows ||s|| outside the subspace: lower score
+    woken = x.copy()
+    woken[:, 2] = 5.0
+    assert np.all(det.score(woken, data.F) < det.score(x, data.F))
+
+
+def test_knn_matches_sklearn_nearest_neighbors(data):
+    k = 7
+    det = create_detector("knn", k=k).fit(data.Z, data.y, data.head)
+    unit = data.Z / np.linalg.norm(data.Z, axis=1, keepdims=True)
+    nn = NearestNeighbors(n_neighbors=k).fit(unit)
+    dist, _ = nn.kneighbors(data.X / np.linalg.norm(data.X, axis=1, keepdims=True))
+    # float32 storage and products (as the paper's faiss index)
+    np.testing.assert_allclose(det.score(data.X, data.F), -dist[:, -1], atol=2e-5)
+
+
+# --------------------------------------------------------------------------- statistics input
+@pytest.mark.parametrize("name", [n for n in list_detectors() if detector_class(n).uses_stats])
+def test_precomputed_stats_give_the_same_fit(data, name):
+    ref = create_detector(name).fit(data.Z, data.y, data.head)
+    c = data.head.num_classes
+    # statistics of two shards, merged (as the distributed code all-reduces them)
+    half = len(data.Z) // 2
+    shards = [
+        ClassStats.from_features(data.Z[s], data.y[s], c)
+        for s in (slice(None, half), slice(half, None))
+    ]
+    stats = shards[0].merge(shards[1])
+    cls = detector_class(name)
+    features = data.Z if cls.needs_train_features else None
+    det = create_detector(name).fit(features, None, data.head, stats=stats)
+    np.testing.assert_allclose(det.score(data.X, data.F), ref.score(data.X, data.F), rtol=1e-9)
+
+
+def test_vim_with_stats_still_needs_train_features(data):
+    stats = ClassStats.from_features(data.Z, data.y, data.head.num_classes)
+    with pytest.raises(ShapeError, match="needs the train features"):
+        create_detector("vim").fit(None, None, data.head, stats=stats)
+
+
+def test_stats_of_another_width_raise(data):
+    stats = ClassStats.from_features(data.Z[:, :10], data.y, data.head.num_classes)
+    with pytest.raises(ShapeError, match="D=10"):
+        create_detector("mahalanobis").fit(None, None, data.head, stats=stats)
+
+
+def test_chunked_passes_equal_in_memory(data, monkeypatch, tmp_path):
+    """Tiny chunks and a float32 memmap give the same fit and scores as one block."""
+    path = tmp_path / "z.npy"
+    np.save(path, data.Z.astype(np.float32))
+    z32 = np.load(path, mmap_mode="r")
+    x32 = data.X.astype(np.float32)
+    ref = {}
+    for name in list_detectors():
+        ref[name] = create_detector(name).fit(np.asarray(z32, np.float64), data.y, data.head)
+    monkeypatch.setattr(det_base, "CHUNK_VALUES", 7 * data.Z.shape[1])  # 7 rows per chunk
+    monkeypatch.setattr(det_neighbors, "SIM_VALUES", 5 * len(data.Z))
+    for name in list_detectors():
+        det = create_detector(name).fit(z32, data.y, data.head)
+        np.testing.assert_allclose(
+            det.score(x32, data.F),
+            ref[name].score(x32.astype(np.float64), data.F),
+            rtol=1e-9,
+            atol=1e-12,
+            err_msg=name,
+        )
+
+
+# --------------------------------------------------------------------------- shared contract
+def _fit(name, blobs):
+    z, y, head, _, _ = blobs
+    return create_detector(name).fit(z, y, head)
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_fit_returns_self_and_params_roundtrip(name, blobs):
+    z, y, head, _, _ = blobs
+    det = create_detector(name)
+    assert det.fit(z, y, head) is det
+    again = create_detector(name, **det.get_params())
+    assert again.get_params() == det.get_params()
+    assert det.name == name
+    assert all(k.endswith("_") for k in det.fitted_info())
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_score_shape_dtype_finite_and_batching(name, blobs):
+    z, y, head, x, _ = blobs
+    det = _fit(name, blobs)
+    s = det.score(x, head.logits(x))
+    assert s.shape == (len(x),) and s.dtype == np.float64 and np.isfinite(s).all()
+    parts = np.concatenate(
+        [det.score(x[:117], head.logits(x[:117])), det.score(x[117:], head.logits(x[117:]))]
+    )
+    np.testing.assert_allclose(parts, s, **TOL.get(name, DEFAULT_TOL))
+    # same inputs, identical outputs (a second fit too)
+    np.testing.assert_array_equal(det.score(x, head.logits(x)), s)
+    np.testing.assert_array_equal(_fit(name, blobs).score(x, head.logits(x)), s)
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_separable_blobs_score_id_higher(name, blobs):
+    z, y, head, x, o = blobs
+    det = _fit(name, blobs)
+    assert auroc(det.score(x, head.logits(x)), det.score(o, head.logits(o))) > 0.9
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_score_before_fit(name, blobs):
+    z, y, head, x, _ = blobs
+    det = create_detector(name)
+    if det.needs_fit:
+        with pytest.raises(NotFittedError, match="not fitted"):
+            det.score(x, head.logits(x))
+    else:  # logit detectors need no fit
+        np.testing.assert_array_equal(
+            det.score(x, head.logits(x)), _fit(name, blobs).score(x, head.logits(x))
+        )
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_width_mismatch_names_both_widths(name, blobs):
+    z, y, head, x, _ = blobs
+    det = _fit(name, blobs)
+    if det.uses_features:
+        with pytest.raises(ShapeError, match=r"has 31 features, but .* expecting 32"):
+            det.score(x[:, :31], head.logits(x))
+    else:
+        with pytest.raises(ShapeError, match=r"logits have 3 columns.* head of 4 classes"):
+            det.score(x, head.logits(x)[:, :3])
+    with pytest.raises(ShapeError, match=r"has 31 features, but .* expecting 32"):
+        create_detector(name).fit(z[:, :31], y, head)
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_nan_inputs_raise(name, blobs):
+    z, y, head, x, _ = blobs
+    det = _fit(name, blobs)
+    x_bad, f_bad = x.copy(), head.logits(x)
+    x_bad[5, 3] = np.nan
+    f_bad[5, 1] = np.inf
+    with pytest.raises(ShapeError, match="NaN/inf"):
+        det.score(x_bad, f_bad)
+    if det.needs_fit:
+        z_bad = z.copy()
+        z_bad[10, 0] = np.nan
+        with pytest.raises(ShapeError, match="NaN/inf"):
+            create_detector(name).fit(z_bad, y, head)
+
+
+# --------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("msp", {"T": 0.0}, r"'T' parameter of MSP must be a float in the range \(0"),
+        ("energy", {"T": -1.0}, "'T' parameter of Energy"),
+        ("vim", {"dim": 0}, r"'dim' parameter of ViM must be an int in the range \[1"),
+        ("vim", {"dim": 2.5}, "'dim' parameter of ViM"),
+        ("neco", {"dim": 3, "variance": 0.9}, "either 'dim' or 'variance'"),
+        ("neco", {"variance": 1.5}, "'variance' parameter of NECO"),
+        ("knn", {"k": 0}, "'k' parameter of KNN"),
+        ("react", {"percentile": 0}, "'percentile' parameter of ReAct"),
+        ("vim", {"dimm": 3}, "no parameter 'dimm' .*did you mean 'dim'"),
+        ("vimm", {}, "unknown detector 'vimm'.*did you mean 'vim'"),
+    ],
+)
+def test_invalid_configuration_raises_config_error(name, params, match):
+    with pytest.raises(ConfigError, match=match):
+        create_detector(name, **params)
+
+
+def test_dims_checked_against_the_feature_width(data):
+    d = data.Z.shape[1]
+    with pytest.raises(ConfigError, match=f"dim={d} for D={d}"):
+        create_detector("vim", dim=d).fit(data.Z, data.y, data.head)
+    with pytest.raises(ConfigError, match=f"dim={d + 1} for D={d}"):
+        create_detector("neco", dim=d + 1).fit(data.Z, data.y, data.head)
+    with pytest.raises(ConfigError, match="k=601 for n_train=600"):
+        create_detector("knn", k=601).fit(data.Z, data.y, data.head)
+
+
+def test_registry_holds_the_six_of_the_reference_experiment():
+    assert set(SIX) <= set(list_detectors())
+    with pytest.raises(ConfigError, match="already registered"):
+        det_base.register_detector("vim")(type("Other", (det_base.Detector,), {}))
+
+
+# --------------------------------------------------------------------------- real features
+# Measured on the fixture's network (resnet_narrow, 3 epochs, ~70% test accuracy): it is
+# *more* confident on the texture crops than on ID test images (mean max logit 11.0 vs
+# 6.3, feature norm 16.6 vs 9.2; 88% of crops predicted as one class), so the confidence
+# scores rank the crops as ID: AUROC msp 0.50, maxlogit 0.06, energy 0.04, react 0.20 --
+# the failure mode of Table 1 of the reference write-up. The feature-space detectors are
+# unaffected (mahalanobis 0.997, vim 0.974, knn 0.965, neco 0.768); on digits every
+# detector beats chance (0.65-0.92).
+CONFIDENCE_FOOLED = {"msp", "maxlogit", "energy", "react"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ood", ["digits", "texture_crops"])
+@pytest.mark.parametrize("name", list_detectors())
+def test_detectors_beat_chance_on_real_features(fmnist_run, name, ood, request):
+    if ood == "texture_crops" and name in CONFIDENCE_FOOLED:
+        request.applymarker(
+            pytest.mark.xfail(reason="the network is over-confident on texture crops", strict=False)
+        )
+    run = fmnist_run
+    det = create_detector(name).fit(run.train.features, run.train.labels, run.head)
+    id_scores = det.score(run.test.features, run.test.logits)
+    fs = run.ood[ood]
+    value = auroc(id_scores, det.score(fs.features, fs.logits))
+    assert value > 0.5, f"{name} on {ood}: AUROC {value:.3f}"
