@@ -199,14 +199,19 @@ def layer_ood_auroc(
     layer's train features (for ViM's virtual logit); the penultimate layer uses the
     network's own head.
     """
+    from ncood.collapse.depth import layer_keys
     from ncood.detectors import create_detector
     from ncood.features.probe import fit_linear_head
     from ncood.metrics import auroc
 
     out: dict[str, dict[str, dict[str, float]]] = {}
-    layers = [(k, fd.train.layers[k], fd.test.layers[k]) for k in fd.train.layers]
-    for layer, z_train, z_test in layers + [("penultimate", fd.train.features, fd.test.features)]:
-        head = fd.head if layer == "penultimate" else fit_linear_head(z_train, fd.train.labels)
+
+    def pick(fs: FeatureSet, key: str | None) -> np.ndarray:
+        return fs.features if key is None else fs.layers[key]
+
+    for layer, key in layer_keys(fd.train).items():
+        z_train, z_test = pick(fd.train, key), pick(fd.test, key)
+        head = fd.head if key is None else fit_linear_head(z_train, fd.train.labels)
         out[layer] = {}
         for name in detectors:
             hp = dict(params.get(name, {}))
@@ -221,7 +226,7 @@ def layer_ood_auroc(
             id_s = det.score(z_test, head.logits(z_test))
             out[layer][name] = {}
             for ood_name, ood in fd.ood.items():
-                z_ood = ood.features if layer == "penultimate" else ood.layers[layer]
+                z_ood = pick(ood, key)
                 out[layer][name][ood_name] = auroc(id_s, det.score(z_ood, head.logits(z_ood)))
     return out
 
@@ -275,11 +280,11 @@ def _num(x: Any) -> float | None:
 
 def depth_of(fd: FeatureDir, head_metrics: dict[str, Any]) -> dict[str, Any]:
     """Collapse metrics on every pooled stage plus the penultimate layer."""
-    from ncood.collapse.depth import depth_analysis
+    from ncood.collapse.depth import depth_analysis, layer_stack
 
-    layers = {k: fd.train.layers[k] for k in fd.train.layers}
-    layers["penultimate"] = fd.train.features
-    res = depth_analysis(layers, fd.train.labels, head=fd.head, head_metrics=head_metrics)
+    res = depth_analysis(
+        layer_stack(fd.train), fd.train.labels, head=fd.head, head_metrics=head_metrics
+    )
     return {
         "layers": res.layers,
         "dims": [int(res.metrics[k]["dim"]) for k in res.layers],

@@ -111,26 +111,6 @@ def _class_names(fd) -> list[str] | None:
     return None
 
 
-def _layer_stack(train) -> dict[str, Any]:
-    """Pooled layers in depth order, ending with the penultimate features.
-
-    When the deepest pooled layer is the penultimate layer itself (ResNets pool the last
-    stage into the head's input), it is not repeated.
-    """
-    layers = dict(train.layers)
-    feats = train.features
-    if layers:
-        last_name = list(layers)[-1]
-        last = layers[last_name]
-        k = min(256, len(feats))
-        if last.shape == feats.shape and np.array_equal(last[:k], feats[:k]):
-            del layers[last_name]
-            layers[f"{last_name} (penultimate)"] = feats
-            return layers
-    layers["penultimate"] = feats
-    return layers
-
-
 def _labels(fs, where: str) -> np.ndarray:
     if fs.labels is None:
         raise CheckpointError(
@@ -167,7 +147,7 @@ def _depth_kwargs(args) -> dict[str, Any]:
 def _analyse_dir(directory: Path, args, *, with_layers: bool = True) -> dict[str, Any]:
     """Every metric of one feature directory: penultimate, NC5 per OOD set, layers."""
     from ncood.collapse import ClassStats, collapse_metrics, nc5, nc5_centred
-    from ncood.collapse.depth import depth_analysis
+    from ncood.collapse.depth import depth_analysis, layer_stack
     from ncood.features import load_feature_dir
 
     fd = load_feature_dir(directory)
@@ -185,7 +165,7 @@ def _analyse_dir(directory: Path, args, *, with_layers: bool = True) -> dict[str
     depth = None
     if with_layers and not args.no_layers and fd.train.layers:
         depth = depth_analysis(
-            _layer_stack(fd.train), y, head=fd.head, head_metrics=metrics, **_depth_kwargs(args)
+            layer_stack(fd.train), y, head=fd.head, head_metrics=metrics, **_depth_kwargs(args)
         )
     return {
         "fd": fd,
@@ -322,9 +302,9 @@ def _run_run(args) -> int:
         err = fd.meta.get("train_error")
         snapshots.append(Snapshot(epoch, fd.train, fd.head, err, {n: fd.ood[n] for n in oods}))
         if not args.no_layers and fd.train.layers:
-            from ncood.collapse.depth import depth_analysis
+            from ncood.collapse.depth import depth_analysis, layer_stack
 
-            depth = depth_analysis(_layer_stack(fd.train), y, head=fd.head, **_depth_kwargs(args))
+            depth = depth_analysis(layer_stack(fd.train), y, head=fd.head, **_depth_kwargs(args))
             per_epoch_layers[epoch] = {"table": to_jsonable(depth.table()), "decay": depth.decay}
             if i == len(snaps) - 1:
                 last = depth

@@ -154,3 +154,32 @@ def depth_analysis(
         if all(key in metrics[n] for n in names):
             decay[key] = fit_log_linear([metrics[n][key] for n in names])
     return DepthResult(layers=names, metrics=metrics, decay=decay)
+
+
+def layer_keys(fs) -> dict[str, str | None]:
+    """Layers of a FeatureSet in depth order: ``{display name: layer key}``.
+
+    The key is ``None`` for the penultimate features (``fs.features``). When the deepest
+    pooled stage *is* the penultimate layer (ResNets pool the last stage into the head's
+    input), it is listed once, as ``"<stage> (penultimate)"``, so a depth fit never counts
+    it twice.
+    """
+    keys: dict[str, str | None] = {k: k for k in fs.layers}
+    feats = fs.features
+    if keys:
+        last = list(keys)[-1]
+        arr = fs.layers[last]
+        k = min(256, len(feats))
+        if arr.shape == feats.shape and np.array_equal(arr[:k], feats[:k]):
+            del keys[last]
+            keys[f"{last} (penultimate)"] = None
+            return keys
+    keys["penultimate"] = None
+    return keys
+
+
+def layer_stack(fs) -> dict[str, Any]:
+    """``{display name: features}`` in depth order (see :func:`layer_keys`)."""
+    return {
+        name: fs.features if key is None else fs.layers[key] for name, key in layer_keys(fs).items()
+    }

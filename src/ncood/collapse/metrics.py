@@ -68,6 +68,9 @@ LAYER_SCALARS = (
     "nc2_maxangle_means",
 )
 
+#: Fewest samples per class for NC1-NC4 (NC5 needs one: it uses class means only).
+MIN_CLASS_COUNT = 2
+
 # Bytes of float64 working memory per chunk of rows (a chunk is converted to float64 and
 # shifted, i.e. two copies); bounds memory for wide layers where chunk_size rows of D
 # float64 values would not fit.
@@ -125,7 +128,9 @@ def _check_stats(stats: ClassStats, dim: int | None, num_classes: int | None) ->
             f"stats have C={stats.num_classes} classes, but the head has C={num_classes}; "
             "pass statistics built with num_classes equal to the head's"
         )
-    stats.require_classes(1)
+    # a within-class spread needs two samples: a singleton class would report a perfectly
+    # collapsed class (variance 0) that says nothing about the network
+    stats.require_classes(MIN_CLASS_COUNT)
 
 
 def _offdiag_cosines(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,7 +344,8 @@ def collapse_metrics(
 
     Raises:
         ShapeError: widths or class counts of features, labels, head and stats disagree,
-            a class has no samples, or the features hold NaN/inf.
+            a class has fewer than 2 samples, there is a single class, or the
+            features hold NaN/inf.
     """
     if not isinstance(head, LinearHead):
         raise ShapeError(
