@@ -54,10 +54,19 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         progress=not args.quiet,
     )
-    rows = [("train", fd.train), ("test", fd.test)] + [(f"ood/{k}", v) for k, v in fd.ood.items()]
-    print(f"{'split':<24}{'n':>8}{'dim':>6}{'classes':>9}  layers")
-    for key, fs in rows:
-        layers_txt = ",".join(f"{k}:{v.shape[1]}" for k, v in fs.layers.items())
-        print(f"{key:<24}{len(fs):>8}{fs.dim:>6}{fs.num_classes:>9}  {layers_txt}")
-    print(f"wrote {args.out}", file=sys.stderr)
+    from ncood.distributed import destroy_distributed, get_world_size, is_main
+
+    world = get_world_size()
+    if is_main():
+        rows = [("train", fd.train), ("test", fd.test)]
+        rows += [(f"ood/{k}", v) for k, v in fd.ood.items()]
+        print(f"{'split':<24}{'n':>8}{'dim':>6}{'classes':>9}  layers")
+        for key, fs in rows:
+            # under torchrun fd holds rank 0's shards; n is the whole split
+            n = fs.meta.get("subset", {}).get("shard", {}).get("n_total", len(fs))
+            layers_txt = ",".join(f"{k}:{v.shape[1]}" for k, v in fs.layers.items())
+            print(f"{key:<24}{n:>8}{fs.dim:>6}{fs.num_classes:>9}  {layers_txt}")
+        shards = f" ({world} shards per split)" if world > 1 else ""
+        print(f"wrote {args.out}{shards}", file=sys.stderr)
+    destroy_distributed()
     return 0

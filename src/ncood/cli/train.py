@@ -161,6 +161,12 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"ncood train: {exc}", file=sys.stderr)
         return 128 + exc.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    from ncood.distributed import destroy_distributed, is_main
+
+    main_rank = is_main()  # under torchrun only rank 0 reports
+    destroy_distributed()
+    if not main_rank:
+        return 0
     print(format_history(result.history))
     cfg = result.config
     print()

@@ -199,11 +199,24 @@ def extract_checkpoint(
         max_*_samples: stratified/random subsets for quick runs (deterministic from seed).
         allow_subset: allow the small Fashion-MNIST subset shipped with the package.
         seed: subset seed.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its contiguous shard of
+    each split (:func:`ncood.distributed.shard_bounds`) on its own device and writes
+    ``<split>/shard_{rank:05d}/``; rank 0 then writes ``head.npz`` and ``extract.json``.
+    :func:`ncood.features.load_feature_dir` reads such a directory as one set per split,
+    equal to a single-process extraction. The returned FeatureDir holds this rank's
+    shards (their ``meta["subset"]["shard"]`` says which rows).
     """
     from ncood.data import InputSpec, load_images
+    from ncood.distributed import init_distributed
     from ncood.io import file_sha256
     from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
 
+    ctx = init_distributed(kwargs.get("device", "auto"))
+    if ctx.is_distributed:
+        kwargs["device"] = ctx.device
+        if out is not None:
+            _prepare_sharded_out(Path(out), ["train", "test"] + [f"ood/{o}" for o in ood], ctx)
     ckpt = load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
     spec = InputSpec.from_dict(ckpt["input_spec"])
@@ -225,13 +238,34 @@ def extract_checkpoint(
         opts = dict(common)
         if not with_layers:
             opts["layers"] = []
+        subset = {"n": n, "seed": seed, "source": arrays.source}
+        if ctx.is_distributed:
+            # this rank's contiguous shard; recorded so the shards re-assemble (and so
+            # each shard has its own cache entry)
+            from ncood.distributed import shard_bounds
+
+            lo, hi = shard_bounds(len(arrays), ctx.rank, ctx.world_size)
+            if len(arrays) < ctx.world_size:  # the same on every rank: all raise
+                raise ConfigError(
+                    f"{dataset}/{split} has {len(arrays)} images, fewer than the "
+                    f"{ctx.world_size} processes; extract it with fewer processes"
+                )
+            total = len(arrays)
+            arrays = arrays.subset(slice(lo, hi))
+            subset["shard"] = {
+                "rank": ctx.rank,
+                "world_size": ctx.world_size,
+                "lo": lo,
+                "hi": hi,
+                "n_total": total,
+            }
         return extract_cached(
             model,
             arrays,
             spec,
             dataset=dataset,
             split=split,
-            subset={"n": n, "seed": seed, "source": arrays.source},
+            subset=subset,
             **opts,
         )
 
@@ -250,5 +284,48 @@ def extract_checkpoint(
     }
     fd = FeatureDir(train=train, test=test, ood=ood_sets, head=model.get_head(), meta=meta)
     if out is not None:
-        fd.save(out)
+        if ctx.is_distributed:
+            _save_sharded(fd, Path(out), ctx)
+        else:
+            fd.save(out)
     return fd
+
+
+# ---------------------------------------------------------------------- several processes
+def _prepare_sharded_out(out: Path, splits: list[str], ctx) -> None:
+    """Rank 0 clears what a previous extraction left in ``out`` (so a stale ``meta.json``
+    or a shard of a larger world can never be read with the new shards); all wait."""
+    from ncood.distributed import barrier
+    from ncood.features.types import SHARD_PREFIX
+
+    if ctx.is_main:
+        (out / "extract.json").unlink(missing_ok=True)
+        for split in splits:
+            d = out / split
+            (d / "meta.json").unlink(missing_ok=True)
+            for old in d.glob(f"{SHARD_PREFIX}*"):
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def _save_sharded(fd: FeatureDir, out: Path, ctx) -> None:
+    """Each rank writes ``<split>/shard_{rank:05d}/``; after a barrier rank 0 writes the
+    head and ``extract.json`` (last, so it marks a complete directory); all wait."""
+    from ncood.distributed import barrier
+    from ncood.features.types import SHARD_PREFIX
+
+    shard = f"{SHARD_PREFIX}{ctx.rank:05d}"
+    fd.train.save(out / "train" / shard)
+    fd.test.save(out / "test" / shard)
+    for name, fs in fd.ood.items():
+        fs.save(out / "ood" / name / shard)
+    barrier()
+    if ctx.is_main:
+        from ncood.io import write_json
+
+        fd.head.save(out / "head.npz")
+        write_json(
+            out / "extract.json",
+            {**fd.meta, "ood": list(fd.ood), "shards": ctx.world_size},
+        )
+    barrier()

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ncood.distributed import barrier
 from ncood.errors import ConfigError, DataError, NcoodError
 from ncood.io import atomic_open, write_json, write_text
 from ncood.train.augment import random_crop_flip
@@ -129,6 +130,8 @@ class TrainState:
     device: torch.device
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # under torchrun: this process's rank (write files only on rank 0)
+    world_size: int = 1  # number of training processes
 
 
 class Callback:
@@ -139,6 +142,9 @@ class Callback:
     (e.g. neural-collapse metrics per epoch) but must leave its weights alone, restore
     ``model.train()`` and draw no numbers from torch's global random generator if the run
     must stay reproducible. Raising ``KeyboardInterrupt`` stops training cleanly.
+
+    Under ``torchrun`` every rank calls the hooks (with the same weights): a hook writes
+    files only where ``state.rank == 0`` and calls collectives, if any, on every rank.
     """
 
     def on_train_start(self, state: TrainState) -> None:
@@ -188,8 +194,13 @@ def train(
         raise NcoodError(
             f"cannot create run directory {str(run_dir)!r}: {exc.strerror}; choose a writable --out"
         ) from None
-    with _run_lock(run_dir), _stop_signals() as stop:
-        return _Run(cfg, run_dir, progress, list(callbacks), stop).execute(resume)
+    from ncood.distributed import init_distributed
+
+    # under torchrun: join the process group; only rank 0 holds the lock and writes
+    ctx = init_distributed(cfg.device)
+    lock = _run_lock(run_dir) if ctx.is_main else contextlib.nullcontext()
+    with lock, _stop_signals() as stop:
+        return _Run(cfg, run_dir, progress, list(callbacks), stop, ctx).execute(resume)
 
 
 # ---------------------------------------------------------------------- one epoch
@@ -235,6 +246,7 @@ def run_epoch(
     progress: bool = False,
     desc: str = "",
     should_stop: Callable[[], bool] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """One pass over the training images, one optimiser and scheduler step per batch.
 
@@ -253,6 +265,11 @@ def run_epoch(
         progress: show a progress bar on stderr.
         desc: progress-bar label.
         should_stop: polled after every step; True ends the epoch early.
+        shard: ``(rank, world_size)``: with ``world_size > 1`` this process takes its
+            part of the (identical on every rank) permutation, as ``DistributedSampler``
+            does (:func:`ncood.distributed.sampler_indices`); ``batch_size`` is then the
+            per-process batch, and the returned loss, accuracy and images are summed over
+            processes.
 
     Returns:
         ``{"loss", "acc", "images", "seconds", "stopped"}``: mean training loss and
@@ -262,8 +279,13 @@ def run_epoch(
 
     device = images.device
     n = images.shape[0]
-    bounds = batch_bounds(n, batch_size)
-    order = torch.randperm(n, generator=generator).to(device)  # (n,)
+    order = torch.randperm(n, generator=generator)  # (n,)
+    if shard[1] > 1:
+        from ncood.distributed import sampler_indices
+
+        order = sampler_indices(order, *shard)  # (ceil(n / world),)
+    bounds = batch_bounds(len(order), batch_size)
+    order = order.to(device)
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -307,6 +329,12 @@ def run_epoch(
                 break
     finally:
         bar.close()
+    if shard[1] > 1:
+        import torch.distributed as dist
+
+        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device)])
+        dist.all_reduce(totals)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -397,7 +425,11 @@ class _Run:
         progress: bool,
         callbacks: list[Callback],
         stop: _StopFlag,
+        ctx: Any = None,
     ) -> None:
+        from ncood.distributed import DistContext
+
+        self.ctx = ctx or DistContext(0, 1, 0, None, torch.device("cpu"))
         self.cfg = cfg
         self.run_dir = run_dir
         self.progress = progress
@@ -412,13 +444,14 @@ class _Run:
         cfg, run_dir = self.cfg, self.run_dir
         snapshots = cfg.snapshot_epochs()
         ckpt = self._existing_checkpoint(resume)
+        barrier()  # every rank has looked at last.pt before rank 0 rewrites it
 
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)  # noqa: NPY002 (seeds code that uses the global state)
         torch.manual_seed(cfg.seed)
-        device = resolve_device(cfg.device)
+        device = self.ctx.device if self.ctx.is_distributed else resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
 
         train_arrays = load_images(
@@ -465,7 +498,14 @@ class _Run:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
 
-        steps = len(batch_bounds(len(train_arrays), cfg.batch_size))
+        world = self.ctx.world_size
+        rank_batch = cfg.batch_size // world  # per-process batch; the global batch is world x it
+        if rank_batch < 1:
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is smaller than the {world} processes; use a "
+                f"batch_size of at least {world} (a multiple of it keeps the global batch)"
+            )
+        steps = len(batch_bounds(-(-len(train_arrays) // world), rank_batch))
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, steps)
 
@@ -485,18 +525,20 @@ class _Run:
             "config": cfg.to_dict(),
         }
         regime = get_regime(cfg.regime)
-        write_json(
-            run_dir / "train_config.json",
-            {
-                "config": cfg.to_dict(),
-                "regime_source": regime.source,
-                "model_kwargs": model_kwargs,
-                "dataset": dataset_info,
-                "input_spec": spec.to_dict(),
-                "device": str(device),
-                "precision_used": precision,
-            },
-        )
+        if self.ctx.is_main:
+            write_json(
+                run_dir / "train_config.json",
+                {
+                    "config": cfg.to_dict(),
+                    "regime_source": regime.source,
+                    "model_kwargs": model_kwargs,
+                    "dataset": dataset_info,
+                    "input_spec": spec.to_dict(),
+                    "device": str(device),
+                    "precision_used": precision,
+                    "world_size": world,
+                },
+            )
 
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -523,6 +565,8 @@ class _Run:
             device=device,
             epoch=start,
             history=history,
+            rank=self.ctx.rank,
+            world_size=world,
         )
         if start < cfg.epochs:
             log.info(
@@ -539,6 +583,15 @@ class _Run:
                 device,
                 precision + (" channels_last" if cfg.channels_last else ""),
             )
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # same seed on every rank gives the same initial weights; DDP also broadcasts
+            # rank 0's at construction and all-reduces (averages) gradients every step
+            net = DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None
+            )
         for cb in self.callbacks:
             cb.on_train_start(state)
 
@@ -547,20 +600,21 @@ class _Run:
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             stats = run_epoch(
-                model,
+                net,
                 optimizer,
                 scheduler,
                 images,
                 labels,
                 spec,
-                batch_size=cfg.batch_size,
+                batch_size=rank_batch,
                 generator=epoch_generator(cfg.seed, epoch),
                 augment=bool(cfg.augment),
                 precision=precision,
                 channels_last=cfg.channels_last,
                 progress=self.progress,
                 desc=f"epoch {epoch}/{cfg.epochs}",
-                should_stop=self.stop,
+                should_stop=self._stop_any,
+                shard=(self.ctx.rank, world),
             )
             if stats["stopped"]:
                 raise TrainingInterrupted(
@@ -570,6 +624,8 @@ class _Run:
                     epoch - 1,
                     self.stop.signum or signal.SIGINT,
                 )
+            if world > 1:
+                _broadcast_buffers(model)
             test_loss, test_acc = evaluate(
                 model,
                 test_arrays,
@@ -591,7 +647,8 @@ class _Run:
             }
             history.append(row)
             self._save(model, optimizer, scheduler, epoch, history, snapshots)
-            write_history(run_dir, history)
+            if self.ctx.is_main:
+                write_history(run_dir, history)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  "
                 "lr %.3g  %.1f s  %.0f img/s",
@@ -608,7 +665,7 @@ class _Run:
             state.epoch = epoch
             for cb in self.callbacks:
                 cb.on_epoch_end(state)
-            if self.stop() and epoch < cfg.epochs:
+            if self._stop_any() and epoch < cfg.epochs:
                 raise TrainingInterrupted(
                     f"interrupted after epoch {epoch}; {self.last} holds it; continue with "
                     f"`ncood train --out {run_dir} --resume`",
@@ -617,10 +674,12 @@ class _Run:
                     self.stop.signum or signal.SIGINT,
                 )
 
-        write_history(run_dir, history)
-        write_curves(run_dir, history, title=f"{cfg.model} · {cfg.dataset} · {cfg.regime}")
+        if self.ctx.is_main:
+            write_history(run_dir, history)
+            write_curves(run_dir, history, title=f"{cfg.model} · {cfg.dataset} · {cfg.regime}")
         for cb in self.callbacks:
             cb.on_train_end(state)
+        barrier()  # last.pt and the history are complete before any rank returns
         return TrainResult(checkpoint=self.last, history=history, run_dir=run_dir, config=cfg)
 
     def _existing_checkpoint(self, resume: bool) -> dict[str, Any] | None:
@@ -658,7 +717,19 @@ class _Run:
             kwargs[key] = value
         return kwargs
 
+    def _stop_any(self) -> bool:
+        """The stop flag, agreed by every process (one tiny all-reduce per step), so
+        all ranks stop after the same step."""
+        flag = self.stop()
+        if not self.ctx.is_distributed:
+            return flag
+        from ncood.distributed import all_reduce_sum
+
+        return bool(all_reduce_sum(np.array([float(flag)]))[0] > 0)
+
     def _save(self, model, optimizer, scheduler, epoch, history, snapshots) -> None:
+        if not self.ctx.is_main:
+            return  # only rank 0 writes checkpoints
         save_checkpoint(
             self.last,
             model=model,
@@ -677,6 +748,16 @@ class _Run:
                 history=history,
                 **self.common,
             )
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's batch-norm running statistics (DDP syncs them at the
+    start of each forward, so after the last step they differ); the saved checkpoint
+    is rank 0's, and evaluation and callbacks then see the same network everywhere."""
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
 
 
 # ---------------------------------------------------------------------- artifacts

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_history(history: list[dict[str, Any]], title: str = "") -> Figure:
@@ -44,6 +45,7 @@ def plot_history(history: list[dict[str, Any]], title: str = "") -> Figure:
     ax.set_ylabel("learning rate (epoch start)")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return fig
