@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(quiet: bool) -> None:
+    import os
+
+    # under torchrun only rank 0 reports progress; other ranks keep warnings and errors
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(message)s",
