@@ -11,6 +11,8 @@ DEFAULT = "msp,maxlogit,energy,mahalanobis,vim,neco"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ncood.detectors import list_detectors
+
     p = sub.add_parser(
         "score",
         help="fit OOD detectors on extracted features and compute AUROC, FPR@95, AUPR",
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detectors",
         default=DEFAULT,
-        help=f"comma-separated detector names (default: {DEFAULT}); see --list",
+        help=f"comma-separated detector names (default: {DEFAULT}); available: "
+        + ", ".join(list_detectors()),
     )
     p.add_argument(
         "--param",
