@@ -296,26 +296,12 @@ def depth_of(fd: FeatureDir, head_metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-EPOCH_KEYS = (
-    "nc1",
-    "nc1_trace",
-    "cdnv",
-    "nc2_equinorm_means",
-    "nc2_equinorm_weights",
-    "nc2_equiangular_means",
-    "nc2_equiangular_weights",
-    "nc2_maxangle_means",
-    "nc2_maxangle_weights",
-    "nc3",
-    "nc4",
-)
-
-
 def epochs_of(
     cfg: RunConfig, run_dir: Path, cache: Path, timer: Timer, regime: str
 ) -> dict[str, Any] | None:
     """Collapse, NC5 and train error at every snapshot the training run saved."""
     from ncood.collapse.epochs import Snapshot, epoch_analysis
+    from ncood.collapse.metrics import HEAD_SCALARS
     from ncood.features.extract import extract_checkpoint
 
     snaps = sorted((run_dir / "snapshots").glob("epoch_*.pt"))
@@ -344,7 +330,7 @@ def epochs_of(
     return {
         "epochs": res.epochs,
         "train_error": [float(m["train_error"]) for m in res.metrics],
-        "metrics": {k: [_num(m.get(k)) for m in res.metrics] for k in EPOCH_KEYS},
+        "metrics": {k: [_num(m.get(k)) for m in res.metrics] for k in HEAD_SCALARS},
         "nc5": {o: [_num(m["nc5"].get(o)) for m in res.metrics] for o in res.ood_names},
         "nc5_centred": {
             o: [_num(m["nc5_centred"].get(o)) for m in res.metrics] for o in res.ood_names

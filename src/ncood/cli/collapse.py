@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ncood.collapse.metrics import HEAD_SCALARS
 from ncood.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -205,23 +206,7 @@ def _run_features(args) -> int:
     }
     write_json(out / "collapse.json", doc)
 
-    rows = [
-        {"metric": k, "value": m[k]}
-        for k in (
-            "nc1",
-            "nc1_trace",
-            "cdnv",
-            "nc2_equinorm_means",
-            "nc2_equinorm_weights",
-            "nc2_equiangular_means",
-            "nc2_equiangular_weights",
-            "nc2_maxangle_means",
-            "nc2_maxangle_weights",
-            "nc3",
-            "nc4",
-            "ncc_acc",
-        )
-    ]
+    rows = [{"metric": k, "value": m[k]} for k in (*HEAD_SCALARS, "ncc_acc")]
     rows += [{"metric": f"nc5[{n}]", "value": v["orthodev"]} for n, v in res["nc5"].items()]
     rows += [
         {"metric": f"nc5_centred[{n}]", "value": v["orthodev_centred"]}
