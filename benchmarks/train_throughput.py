@@ -1,28 +1,28 @@
 """Training throughput: fp32 vs bf16 autocast + channels_last, in one run.
 
-Run (from the repository root, about 2 minutes on 2 CPU cores)::
+Run (from the repository root; about 2 minutes on 2 CPU cores)::
 
     .venv/bin/python benchmarks/train_throughput.py
     .venv/bin/python benchmarks/train_throughput.py --seconds 20 --device cuda
 
-For each model it times the training loop's own epoch function (``ncood.train.loop.
-run_epoch``: uint8 batch -> crop+flip on the device -> normalise -> forward -> cross-entropy
--> backward -> SGD-Nesterov step -> cosine schedule step) on random uint8 images of the
-dataset's shape, after one warm-up step, for a wall-time budget per setting (at least
-one timed step). Both settings run in the same process, one after the other, so the ratio
-compares like with like. Models: ``resnet_narrow`` on 1x28x28 (Fashion-MNIST) and
-``resnet18_cifar`` on 3x32x32 (CIFAR).
+It times the training loop's own epoch function (``ncood.train.loop.run_epoch``: uint8
+batch -> crop+flip on the device -> normalise -> forward -> cross-entropy -> backward ->
+SGD-Nesterov step -> cosine schedule step) on random uint8 images of the dataset's shape.
+Models: ``resnet_narrow`` on 1x28x28 (Fashion-MNIST) and ``resnet18_cifar`` on 3x32x32
+(CIFAR). Per model, both settings get one warm-up step, then run in alternating rounds
+of one step each until each has used its wall-time budget (at least two timed steps), so
+a machine whose load changes during the run biases neither side.
 
 bf16 pays off only where the hardware has bfloat16 arithmetic (GPUs; CPUs with AMX or
-avx512_bf16); elsewhere autocast emulates it and is slower. The script prints the CPU
-flags it found so the table states its conditions.
+avx512_bf16, where oneDNN has bf16 kernels); elsewhere autocast emulates it and is
+slower. The header states the CPU flags, threads and load average it ran under.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
-import time
 
 import torch
 
@@ -33,7 +33,7 @@ from ncood.train.loop import epoch_generator, resolve_device, run_epoch
 from ncood.train.optim import build_optimizer, build_scheduler
 
 # (model, input shape, batch): resnet18_cifar runs batch 32 because one emulated-bf16 step
-# of batch 128 takes over a minute on CPUs without bf16 instructions.
+# of batch 128 takes about a minute on CPUs without bf16 instructions.
 CASES = (("resnet_narrow", (1, 28, 28), 128), ("resnet18_cifar", (3, 32, 32), 32))
 SETTINGS = (("fp32", False), ("bf16", True))  # (precision, channels_last)
 
@@ -55,50 +55,52 @@ def mkldnn_bf16() -> str:
         return "unknown"
 
 
-def measure(name, shape, precision, channels_last, *, seconds, batch_size, device):
-    torch.manual_seed(0)
-    c, h, w = shape
-    model = create_model(name, num_classes=10, in_channels=c).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    cfg = TrainConfig(model=name, epochs=1, batch_size=batch_size).resolved()
-    n = batch_size * 200  # more steps than the budget allows; the loop stops on time
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=gen).to(device)
-    labels = torch.randint(0, 10, (n,), generator=gen).to(device)
-    spec = InputSpec(size=h, channels=c, mean=(0.5,) * c, std=(0.25,) * c)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, n // batch_size)
-    common = dict(
-        batch_size=batch_size,
-        augment=True,
-        precision=precision,
-        channels_last=channels_last,
-    )
-    warm = run_epoch(
-        model,
-        optimizer,
-        scheduler,
-        images[: 2 * batch_size],
-        labels[: 2 * batch_size],
-        spec,
-        generator=epoch_generator(0, 0),
-        **common,
-    )
-    assert warm["images"] == 2 * batch_size
-    deadline = time.perf_counter() + seconds
-    stats = run_epoch(
-        model,
-        optimizer,
-        scheduler,
-        images,
-        labels,
-        spec,
-        generator=epoch_generator(0, 1),
-        should_stop=lambda: time.perf_counter() > deadline,
-        **common,
-    )
-    return stats["images"] / stats["seconds"], stats["images"]
+class Setting:
+    """One (model, precision, memory format) under training, fed one step at a time."""
+
+    def __init__(self, name, shape, precision, channels_last, batch_size, device):
+        torch.manual_seed(0)
+        c, h, w = shape
+        self.model = create_model(name, num_classes=10, in_channels=c).to(device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        cfg = TrainConfig(model=name, epochs=1, batch_size=batch_size).resolved()
+        gen = torch.Generator().manual_seed(0)
+        n = 8 * batch_size
+        self.images = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=gen)
+        self.images = self.images.to(device)
+        self.labels = torch.randint(0, 10, (n,), generator=gen).to(device)
+        self.spec = InputSpec(size=h, channels=c, mean=(0.5,) * c, std=(0.25,) * c)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, 1000)
+        self.batch_size = batch_size
+        self.opts = dict(augment=True, precision=precision, channels_last=channels_last)
+        self.step_index = 0
+        self.images_timed = 0
+        self.seconds = 0.0
+
+    def step(self, timed: bool = True) -> None:
+        lo = (self.step_index % 8) * self.batch_size
+        hi = lo + self.batch_size
+        stats = run_epoch(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.images[lo:hi],
+            self.labels[lo:hi],
+            self.spec,
+            batch_size=self.batch_size,
+            generator=epoch_generator(0, self.step_index),
+            **self.opts,
+        )
+        self.step_index += 1
+        if timed:
+            self.images_timed += stats["images"]
+            self.seconds += stats["seconds"]
+
+    @property
+    def rate(self) -> float:
+        return self.images_timed / self.seconds
 
 
 def main() -> None:
@@ -107,13 +109,15 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(
         f"# torch {torch.__version__}, python {platform.python_version()}, device {device}, "
-        f"{torch.get_num_threads()} threads, cpu flags: {cpu_flags()}"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, cpu flags: {cpu_flags()}, "
+        f"load average at start: {load}"
     )
     print(
-        f"# ~{args.seconds:.0f} s per setting after 1 warm-up step; crop+flip, SGD-Nesterov, "
-        f"cosine; oneDNN bf16 kernels: {mkldnn_bf16()}"
+        f"# ~{args.seconds:.0f} s per setting, alternating single steps after 1 warm-up step; "
+        f"crop+flip, SGD-Nesterov, cosine; oneDNN bf16 kernels: {mkldnn_bf16()}"
     )
     header = (
         f"{'model':<16}{'input':<9}{'batch':>6}{'fp32 img/s':>12}{'bf16+CL img/s':>15}"
@@ -121,24 +125,24 @@ def main() -> None:
     )
     print(header, flush=True)
     for name, shape, batch_size in CASES:
-        rates, counts = [], []
-        for precision, channels_last in SETTINGS:
-            rate, count = measure(
-                name,
-                shape,
-                precision,
-                channels_last,
-                seconds=args.seconds,
-                batch_size=args.batch_size,
-                device=device,
-            )
-            rates.append(rate)
-            counts.append(count)
+        settings = [
+            Setting(name, shape, precision, cl, batch_size, device) for precision, cl in SETTINGS
+        ]
+        for s in settings:
+            s.step(timed=False)  # warm-up: allocations, oneDNN primitive creation
+        while any(s.seconds < args.seconds or s.step_index < 3 for s in settings):
+            for s in settings:
+                if s.seconds < args.seconds or s.step_index < 3:
+                    s.step()
+        fp32, bf16 = settings
         print(
-            f"{name:<16}{'x'.join(map(str, shape)):<9}{batch_size:>6}{rates[0]:>12.1f}"
-            f"{rates[1]:>15.1f}{rates[1] / rates[0]:>10.2f}x{'/'.join(map(str, counts)):>15}",
+            f"{name:<16}{'x'.join(map(str, shape)):<9}{batch_size:>6}{fp32.rate:>12.1f}"
+            f"{bf16.rate:>15.1f}{bf16.rate / fp32.rate:>10.2f}x"
+            f"{f'{fp32.images_timed}/{bf16.images_timed}':>15}",
             flush=True,
         )
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"# load average at end: {load}")
 
 
 if __name__ == "__main__":

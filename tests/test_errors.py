@@ -154,9 +154,7 @@ def test_not_a_checkpoint_and_truncated_checkpoint(tmp_path, capsys):
     junk.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError):
         load_checkpoint(junk)
-    msg = _cli_error(
-        capsys, ["extract", "--checkpoint", str(junk), "--out", str(tmp_path / "f")]
-    )
+    msg = _cli_error(capsys, ["extract", "--checkpoint", str(junk), "--out", str(tmp_path / "f")])
     assert "junk.pt" in msg
     assert not (tmp_path / "f").exists()
     with pytest.raises(CheckpointError):

@@ -6,7 +6,6 @@ virtual logit, the energy term) get one fitted here, on that layer's train featu
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ncood.features.types import LinearHead

@@ -182,7 +182,8 @@ class FeatureSet:
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(
-                f"{str(meta_path)!r} is corrupt ({exc}); delete {str(d)!r} and re-run `ncood extract`"
+                f"{str(meta_path)!r} is corrupt ({exc}); delete {str(d)!r} and re-run "
+                "`ncood extract`"
             ) from exc
         arrays = {}
         for key, spec in listing.items():

@@ -551,8 +551,8 @@ def to_text(table: Table) -> str:
         lines.append("  ".join(group_cells).rstrip())
     lines += [fmt(head), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in body]
-    if table.note:
-        lines.append(table.note)
+    if table.note:  # the terminal marks best values with "*" instead of bold type
+        lines.append(table.note.replace("in bold", "marked *").replace("is bold", "is marked *"))
     return "\n".join(lines) + "\n"
 
 
