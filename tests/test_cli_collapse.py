@@ -153,3 +153,22 @@ def test_help_in_subprocess():
         check=True,
     ).stdout
     assert "--features" in out and "--run" in out and "snapshots" in out
+
+
+@pytest.mark.slow
+def test_run_mode_extracts_snapshot_checkpoints(fmnist_run, tmp_path, capsys):
+    """`--run` on a real training run: the .pt snapshots are extracted, then analysed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fmnist_run.run_dir, run, ignore=shutil.ignore_patterns("cache"))
+    assert main(["collapse", "--run", str(run), "--ood", "digits", "--no-figures"]) == 0
+    doc = json.loads((run / "collapse" / "collapse.json").read_text())
+    assert sorted(p.name for p in (run / "features").iterdir()) == ["epoch_0000", "epoch_0003"]
+    assert doc["epochs"]["epochs"] == [0, 3]
+    # the epoch-0 NC1 equals collapse_metrics on the initialisation features
+    want = collapse_metrics(
+        fmnist_run.init_train.features, fmnist_run.init_train.labels, fmnist_run.init_head
+    )["nc1"]
+    got = [row["nc1"] for row in doc["epochs"]["table"] if row["epoch"] == 0][0]
+    assert got == pytest.approx(want, rel=1e-9)

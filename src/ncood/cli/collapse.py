@@ -5,11 +5,11 @@ Two modes:
 * ``--features DIR``: one feature directory written by ``ncood extract``. The
   penultimate layer gets every metric, each OOD set its NC5, every pooled layer of the
   train split the per-layer metrics with the decay rate across depth.
-* ``--run RUN_DIR``: every snapshot of a training run, for metric-vs-epoch curves. It
-  reads feature directories already extracted from the snapshots, at
-  ``RUN_DIR/snapshots/<name>/`` or ``RUN_DIR/features/epoch_<k>/`` (the layout of
-  ``--features``); extraction from the snapshot checkpoints themselves
-  (``RUN_DIR/snapshots/epoch_*.pt``) is done by ``ncood extract`` beforehand.
+* ``--run RUN_DIR``: every snapshot of a training run, for metric-vs-epoch curves. Each
+  snapshot checkpoint ``RUN_DIR/snapshots/epoch_<k>.pt`` not yet extracted is extracted
+  to ``RUN_DIR/features/epoch_<k>/`` (with the ``--ood`` sets, on the run's own training
+  samples); feature directories at ``RUN_DIR/snapshots/<name>/`` or
+  ``RUN_DIR/features/epoch_<k>/`` are then read.
 
 Both write ``collapse.json`` and PNG figures to ``--out`` and print a summary table.
 """
@@ -36,13 +36,13 @@ _EPILOG = """\
 examples:
   ncood collapse --features runs/fmnist/features --out runs/fmnist/collapse
   ncood collapse --features DIR --ood digits --ood noise --out OUT
-  ncood collapse --run runs/fmnist            # every extracted snapshot, writes RUN_DIR/collapse
+  ncood collapse --run runs/fmnist --ood digits   # every snapshot, writes RUN_DIR/collapse
 
---run reads feature directories (the layout `ncood extract --out` writes) found at
+--run first extracts every snapshot checkpoint RUN_DIR/snapshots/epoch_<k>.pt that has no
+RUN_DIR/features/epoch_<k>/ yet (with the --ood sets, on the run's training samples),
+then reads the feature directories (the layout `ncood extract --out` writes) found at
 RUN_DIR/snapshots/<name>/ and RUN_DIR/features/epoch_<k>/; the epoch is taken from
-extract.json ("epoch") or from the directory name. Extract the snapshot checkpoints
-RUN_DIR/snapshots/epoch_<k>.pt first, e.g.
-  ncood extract --checkpoint RUN_DIR/snapshots/epoch_0004.pt --out RUN_DIR/features/epoch_0004
+extract.json ("epoch") or from the directory name.
 The training error of each snapshot is extract.json's "train_error" when present, else
 computed from the extracted train logits (eval transforms, the extracted subset).
 """
@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", metavar="DIR", help="feature directory from `ncood extract`")
     src.add_argument(
-        "--run", metavar="RUN_DIR", help="training run whose snapshots have been extracted"
+        "--run",
+        metavar="RUN_DIR",
+        help="training run: every snapshot (extracted first where needed, with --ood sets)",
     )
     p.add_argument(
         "--ood",
@@ -85,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="D",
         help="layers wider than D get only the inversion-free metrics (default 4096)",
     )
+    p.add_argument("--data-root", default=None, help="(--run) where datasets are looked for first")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
     p.add_argument("--no-figures", action="store_true", help="write collapse.json only")
     p.set_defaults(func=run)
@@ -258,6 +261,41 @@ def find_snapshot_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
+def extract_snapshots(
+    run_dir: Path, ood: list[str], *, data_root: str | None = None, quiet: bool = False
+) -> list[Path]:
+    """Extract every ``RUN_DIR/snapshots/epoch_*.pt`` not yet extracted.
+
+    Each goes to ``RUN_DIR/features/epoch_<k>/`` on the same training samples the run
+    used (its ``max_train_samples``, ``seed``, data root), through the feature cache in
+    ``RUN_DIR/cache``; already extracted snapshots are left as they are.
+    """
+    from ncood.features.extract import extract_checkpoint
+    from ncood.train import load_checkpoint
+
+    written = []
+    for pt in sorted(run_dir.glob("snapshots/epoch_*.pt")):
+        out = run_dir / "features" / pt.stem
+        if (out / "extract.json").exists():
+            continue
+        cfg = load_checkpoint(pt).get("config", {})
+        extract_checkpoint(
+            pt,
+            ood=ood,
+            out=out,
+            cache_dir=run_dir / "cache",
+            data_root=data_root or cfg.get("data_root"),
+            layers=None,
+            max_train_samples=cfg.get("max_train_samples"),
+            max_test_samples=1,  # collapse uses the train split; the test split is a stub
+            allow_subset=bool(cfg.get("allow_subset", False)),
+            seed=int(cfg.get("seed", 0)),
+            progress=not quiet,
+        )
+        written.append(out)
+    return written
+
+
 def _run_run(args) -> int:
     from ncood import __version__
     from ncood.collapse import to_jsonable
@@ -268,6 +306,8 @@ def _run_run(args) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ConfigError(f"--run {str(run_dir)!r} is not a directory; pass a training run dir")
+    quiet = getattr(args, "quiet", False)
+    extract_snapshots(run_dir, list(args.ood or []), data_root=args.data_root, quiet=quiet)
     snaps = find_snapshot_dirs(run_dir)
     if not snaps:
         raise CheckpointError(
@@ -276,7 +316,6 @@ def _run_run(args) -> int:
             "--checkpoint RUN_DIR/snapshots/epoch_<k>.pt --out RUN_DIR/features/epoch_<k>`"
         )
     out = Path(args.out) if args.out else run_dir / "collapse"
-    quiet = getattr(args, "quiet", False)
     snapshots, per_epoch_layers = [], {}
     last = None
     bar = tqdm(snaps, desc="snapshots", file=sys.stderr, disable=not sys.stderr.isatty() or quiet)
