@@ -6,6 +6,7 @@ virtual logit, the energy term) get one fitted here, on that layer's train featu
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ncood.features.types import LinearHead
@@ -43,7 +44,7 @@ def fit_linear_head(
     std = z.std(axis=0)
     std[std < 1e-12] = 1.0  # constant columns carry no signal; leave them unscaled
     x = torch.from_numpy((z - mean) / std)
-    t = torch.from_numpy(y)
+    t = torch.from_numpy(np.array(y, dtype=np.int64))  # a writable copy (labels may be mmapped)
     w = torch.zeros(c, z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(c, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
