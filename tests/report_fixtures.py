@@ -16,18 +16,9 @@ import math
 import numpy as np
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+from ncood.data.datasets import FASHION_MNIST_CLASSES
+
+CLASSES = list(FASHION_MNIST_CLASSES)
 DETECTORS = ["msp", "maxlogit", "energy", "mahalanobis", "vim", "neco"]
 OOD_SETS = ["digits", "texture_crops", "gaussian_noise"]
 REGIMES = ["standard", "memorize"]
