@@ -40,7 +40,7 @@ import numpy as np
 
 from ncood.collapse import ClassStats, collapse_metrics
 from ncood.collapse.metrics import decision_metrics, metrics_from_stats
-from ncood.features import LinearHead
+from ncood.types import LinearHead
 
 
 def peak_rss_mb() -> float:

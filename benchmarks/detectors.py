@@ -38,8 +38,8 @@ import numpy as np
 
 from ncood.detectors import DEFAULT_DETECTORS, create_detector, evaluate
 from ncood.detectors.base import class_stats_of
-from ncood.features import FeatureDir, FeatureSet, LinearHead
 from ncood.metrics import auroc, ood_metrics
+from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 MiB = 1 << 20
 

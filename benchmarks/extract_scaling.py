@@ -5,7 +5,7 @@ Run (from the repository root, about a minute on 2 CPU cores)::
     .venv/bin/python benchmarks/extract_scaling.py
     .venv/bin/python benchmarks/extract_scaling.py --n-train 20000 --procs 1 2 4
 
-What is timed: :func:`ncood.features.extract.extract_checkpoint` (ID train + test splits,
+What is timed: :func:`ncood.extract.extract_checkpoint` (ID train + test splits,
 penultimate features, logits and every stage pooled, each rank writing its shards and
 rank 0 the head and ``extract.json``) of a randomly initialised ``resnet_narrow`` on
 Fashion-MNIST-shaped images, from the first barrier to the last. Each setting runs in
@@ -51,7 +51,7 @@ def _worker(rank, world, port, root, dataset, n_train, n_test, threads, batch_si
     )
     torch.set_num_threads(threads)
     from ncood.distributed import barrier, destroy_distributed, init_distributed
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
 
     init_distributed("cpu")
     root = Path(root)

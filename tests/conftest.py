@@ -26,7 +26,7 @@ def fmnist_run(tmp_path_factory):
     (``digits``, ``texture_crops``), ``head``, ``init_train`` / ``init_head`` (the same
     train samples through the network at initialisation), ``run_dir``, ``checkpoint``.
     """
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
     from ncood.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("fmnist_run")

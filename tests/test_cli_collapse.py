@@ -11,7 +11,7 @@ import pytest
 
 from ncood.cli.main import main
 from ncood.collapse import collapse_metrics, layer_metrics, nc5, nc5_centred
-from ncood.features import FeatureDir, FeatureSet, LinearHead
+from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 C, D = 4, 6
 

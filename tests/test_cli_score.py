@@ -10,8 +10,8 @@ import pytest
 
 from ncood.cli.main import main
 from ncood.detectors import create_detector, evaluate, format_ood_tables
-from ncood.features import FeatureDir, FeatureSet, LinearHead, load_feature_dir
 from ncood.metrics import METRIC_NAMES, ood_metrics
+from ncood.types import FeatureDir, FeatureSet, LinearHead, load_feature_dir
 
 
 def _feature_dir(seed=0, c=3, d=12):

@@ -22,7 +22,7 @@ from ncood.collapse.depth import depth_analysis, fit_log_linear
 from ncood.collapse.epochs import Snapshot, epoch_analysis
 from ncood.collapse.metrics import HEAD_SCALARS
 from ncood.errors import ShapeError
-from ncood.features import FeatureSet, LinearHead
+from ncood.types import FeatureSet, LinearHead
 
 SCALARS = HEAD_SCALARS + ("ncc_acc",)
 

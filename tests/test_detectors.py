@@ -19,8 +19,8 @@ import ncood.detectors.neighbors as det_neighbors
 from ncood.collapse import ClassStats
 from ncood.detectors import create_detector, detector_class, list_detectors
 from ncood.errors import ConfigError, NotFittedError, ShapeError
-from ncood.features import LinearHead
 from ncood.metrics import auroc
+from ncood.types import LinearHead
 
 SIX = ("msp", "maxlogit", "energy", "mahalanobis", "vim", "neco")
 # KNN keeps its index and products in float32 (as the paper's faiss index): results

@@ -20,7 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from ncood.collapse.stats import ClassStats
 from ncood.errors import CheckpointError, ConfigError
-from ncood.features import FeatureSet, load_feature_dir
+from ncood.types import FeatureSet, load_feature_dir
 
 WORLD = 2
 C, D = 5, 16
@@ -151,7 +151,7 @@ def _synthetic(n: int, seed: int = 0):
 
 
 def _head(seed: int = 1):
-    from ncood.features import LinearHead
+    from ncood.types import LinearHead
 
     rng = np.random.default_rng(seed)
     return LinearHead(rng.normal(size=(C, D)), rng.normal(size=C))
@@ -199,7 +199,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         init_distributed,
         shard_bounds,
     )
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
     from ncood.train import Callback, train
 
     root = Path(root)
@@ -363,7 +363,7 @@ def test_collapse_metrics_from_all_reduced_stats_equal_single_process(dist_job):
 
 @pytest.mark.slow
 def test_sharded_extraction_reads_back_as_the_single_process_one(dist_job, tmp_path):
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
 
     root = dist_job
     for split in ("train", "test", "ood/npz:" + str(root / "ood.npz")):

@@ -20,9 +20,9 @@ from ncood.collapse import collapse_metrics
 from ncood.config import RunConfig, from_dict, load_config
 from ncood.detectors import create_detector
 from ncood.errors import CheckpointError, ConfigError, DataError, NcoodError, ShapeError
-from ncood.features import FeatureDir, FeatureSet, LinearHead
 from ncood.metrics import fpr_at_tpr, ood_metrics
 from ncood.pipeline import RunLock
+from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 
 def _blobs(n=300, d=8, c=3, seed=0):

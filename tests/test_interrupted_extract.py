@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from ncood.errors import CheckpointError
-from ncood.features import FeatureSet
+from ncood.types import FeatureSet
 
 
 @pytest.mark.slow
 def test_sigkill_during_extraction_then_rerun_gives_exact_features(fmnist_run, tmp_path):
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
 
     cache = tmp_path / "cache"
     args = [

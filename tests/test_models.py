@@ -14,8 +14,8 @@ import torch
 import torchvision
 
 from ncood.errors import ConfigError
-from ncood.features import LinearHead
 from ncood.models import ResNet, create_model, list_models
+from ncood.types import LinearHead
 
 EXPECTED_MODELS = {"resnet18", "resnet18_cifar", "resnet_narrow", "resnet20"}
 FEATURE_DIM = {"resnet18": 512, "resnet18_cifar": 512, "resnet_narrow": 64, "resnet20": 64}

@@ -426,7 +426,7 @@ def collapse_metrics_distributed(features_shard, labels_shard, head, *, stats=No
     Args:
         features_shard: this rank's train features ``(n_r, D)``.
         labels_shard: ``(n_r,)``.
-        head: the :class:`~ncood.features.LinearHead`.
+        head: the :class:`~ncood.types.LinearHead`.
         stats: the all-reduced statistics, when already computed.
     """
     from ncood.collapse.metrics import decision_metrics, iter_chunks, metrics_from_stats

@@ -29,8 +29,8 @@ import numpy as np
 from ncood import __version__
 from ncood.config import RunConfig
 from ncood.errors import ConfigError, NcoodError
-from ncood.features import FeatureDir, FeatureSet
 from ncood.io import atomic_open, write_json
+from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ def layer_ood_auroc(
     """
     from ncood.collapse.depth import layer_keys
     from ncood.detectors import create_detector
-    from ncood.features.probe import fit_linear_head
     from ncood.metrics import auroc
+    from ncood.probe import fit_linear_head
 
     out: dict[str, dict[str, dict[str, float]]] = {}
 
@@ -302,7 +302,7 @@ def epochs_of(
     """Collapse, NC5 and train error at every snapshot the training run saved."""
     from ncood.collapse.epochs import Snapshot, epoch_analysis
     from ncood.collapse.metrics import HEAD_SCALARS
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
 
     snaps = sorted((run_dir / "snapshots").glob("epoch_*.pt"))
     if not snaps:
@@ -342,7 +342,7 @@ def epochs_of(
 # --------------------------------------------------------------------------- main
 def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the whole experiment; returns the results dict (also written to disk)."""
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
     from ncood.report import validate_results, write_report
 
     out = Path(output or cfg.output)

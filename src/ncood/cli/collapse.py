@@ -152,7 +152,7 @@ def _analyse_dir(directory: Path, args, *, with_layers: bool = True) -> dict[str
     """Every metric of one feature directory: penultimate, NC5 per OOD set, layers."""
     from ncood.collapse import ClassStats, collapse_metrics, nc5, nc5_centred
     from ncood.collapse.depth import depth_analysis, layer_stack
-    from ncood.features import load_feature_dir
+    from ncood.types import load_feature_dir
 
     fd = load_feature_dir(directory)
     y = _labels(fd.train, str(directory))
@@ -270,7 +270,7 @@ def extract_snapshots(
     used (its ``max_train_samples``, ``seed``, data root), through the feature cache in
     ``RUN_DIR/cache``; already extracted snapshots are left as they are.
     """
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
     from ncood.train import load_checkpoint
 
     written = []
@@ -300,8 +300,8 @@ def _run_run(args) -> int:
     from ncood import __version__
     from ncood.collapse import to_jsonable
     from ncood.collapse.epochs import Snapshot, epoch_analysis
-    from ncood.features import load_feature_dir
     from ncood.io import write_json
+    from ncood.types import load_feature_dir
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():

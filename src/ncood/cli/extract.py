@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ncood.features.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint
 
     layers = None if args.layers is None else [s for s in args.layers.split(",") if s]
     fd = extract_checkpoint(

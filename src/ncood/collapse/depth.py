@@ -19,7 +19,7 @@ import numpy as np
 
 from ncood.collapse.metrics import collapse_metrics, layer_metrics, to_jsonable
 from ncood.errors import ShapeError
-from ncood.features.types import LinearHead
+from ncood.types import LinearHead
 
 log = logging.getLogger(__name__)
 

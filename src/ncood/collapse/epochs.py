@@ -19,7 +19,7 @@ import numpy as np
 from ncood.collapse.metrics import HEAD_SCALARS, collapse_metrics, nc5, nc5_centred, to_jsonable
 from ncood.collapse.stats import ClassStats
 from ncood.errors import ShapeError
-from ncood.features.types import FeatureSet, LinearHead
+from ncood.types import FeatureSet, LinearHead
 
 log = logging.getLogger(__name__)
 

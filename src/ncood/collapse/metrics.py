@@ -38,7 +38,7 @@ import numpy as np
 
 from ncood.collapse.stats import ClassStats
 from ncood.errors import ShapeError
-from ncood.features.types import LinearHead
+from ncood.types import LinearHead
 from ncood.validation import as_labels, check_finite
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ import numpy as np
 
 from ncood.collapse.stats import ClassStats
 from ncood.errors import ConfigError, NotFittedError, ShapeError
-from ncood.features.types import LinearHead
 from ncood.registry import Registry, closest
+from ncood.types import LinearHead
 from ncood.validation import as_labels, check_width
 
 # Rows per chunk are chosen so a float64 chunk holds about 2^22 values (32 MiB).

@@ -18,8 +18,8 @@ import numpy as np
 from ncood import __version__
 from ncood.detectors.base import Detector, class_stats_of, create_detector
 from ncood.errors import ShapeError
-from ncood.features import FeatureDir, load_feature_dir
 from ncood.metrics import CONVENTIONS, ood_metrics
+from ncood.types import FeatureDir, load_feature_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def evaluate(
     shared by every statistics-based detector (Mahalanobis, ViM, NECO).
 
     Args:
-        feature_dir: a :class:`~ncood.features.FeatureDir` or the directory
+        feature_dir: a :class:`~ncood.types.FeatureDir` or the directory
             ``ncood extract`` wrote.
         detectors: ``{name: hyperparameters}``, or a list of names (default
             hyperparameters); ``None`` = the six of the reference experiment.

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ncood.errors import ConfigError
-from ncood.features.types import LinearHead
+from ncood.types import LinearHead
 
 STEMS = ("cifar", "imagenet")
 
@@ -181,7 +181,7 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def get_head(self) -> LinearHead:
-        """The final linear layer as a float64 :class:`~ncood.features.LinearHead` copy."""
+        """The final linear layer as a float64 :class:`~ncood.types.LinearHead` copy."""
         weight = self.fc.weight.detach().to("cpu", torch.float64).numpy().copy()  # (C, D)
         bias = self.fc.bias.detach().to("cpu", torch.float64).numpy().copy()  # (C,)
         return LinearHead(weight, bias)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ncood.features.types import LinearHead
+from ncood.types import LinearHead
 from ncood.validation import as_2d_float, as_labels
 
 

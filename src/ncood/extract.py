@@ -13,13 +13,14 @@ recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,56 @@ from tqdm.auto import tqdm
 
 from ncood import __version__
 from ncood.errors import CheckpointError, ConfigError
-from ncood.features.hooks import capture
-from ncood.features.store import FeatureDir
-from ncood.features.types import FeatureSet
+from ncood.registry import closest
+from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def pool(output: torch.Tensor) -> torch.Tensor:
+    """Global-average-pool a feature map ``(n, c, h, w) -> (n, c)``; flatten anything else."""
+    if output.ndim == 4:
+        return output.float().mean(dim=(2, 3))
+    return output.float().flatten(1)
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, names: Sequence[str], *, pooled: bool = True) -> Iterator[dict]:
+    """Record the outputs of ``model.get_submodule(name)`` for each name.
+
+    Args:
+        model: any ``nn.Module``.
+        names: dotted submodule names (e.g. ``"layer1"``).
+        pooled: global-average-pool 4-D outputs to ``(n, c)`` (else keep them as they are).
+
+    Yields:
+        A dict ``{name: tensor}`` overwritten by every forward pass.
+    """
+    available = [n for n, _ in model.named_modules() if n]
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ConfigError(
+                    f"layer {name!r} is not a submodule of {type(model).__name__}"
+                    f"{closest(name, available)}; valid layers include: "
+                    f"{', '.join(available[:12])}"
+                ) from None
+
+            def hook(_mod, _inp, out, _name=name):
+                outputs[_name] = pool(out).detach() if pooled else out.detach()
+
+            handles.append(module.register_forward_hook(hook))
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -192,7 +238,7 @@ def extract_checkpoint(
         checkpoint: a checkpoint written by ``ncood train``.
         id_dataset: ID dataset name; defaults to the one the checkpoint was trained on.
         ood: OOD dataset names (see ``ncood.data.list_datasets``).
-        out: directory to write (the layout of :mod:`ncood.features.store`).
+        out: directory to write (the layout of :mod:`ncood.types`).
         cache_dir: feature cache directory (None: no cache).
         data_root: where datasets are looked for first.
         layers: submodules to pool and keep; default: every stage of the model.
@@ -203,7 +249,7 @@ def extract_checkpoint(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its contiguous shard of
     each split (:func:`ncood.distributed.shard_bounds`) on its own device and writes
     ``<split>/shard_{rank:05d}/``; rank 0 then writes ``head.npz`` and ``extract.json``.
-    :func:`ncood.features.load_feature_dir` reads such a directory as one set per split,
+    :func:`ncood.types.load_feature_dir` reads such a directory as one set per split,
     equal to a single-process extraction. The returned FeatureDir holds this rank's
     shards (their ``meta["subset"]["shard"]`` says which rows).
     """
@@ -296,7 +342,7 @@ def _prepare_sharded_out(out: Path, splits: list[str], ctx) -> None:
     """Rank 0 clears what a previous extraction left in ``out`` (so a stale ``meta.json``
     or a shard of a larger world can never be read with the new shards); all wait."""
     from ncood.distributed import barrier
-    from ncood.features.types import SHARD_PREFIX
+    from ncood.types import SHARD_PREFIX
 
     if ctx.is_main:
         (out / "extract.json").unlink(missing_ok=True)
@@ -312,7 +358,7 @@ def _save_sharded(fd: FeatureDir, out: Path, ctx) -> None:
     """Each rank writes ``<split>/shard_{rank:05d}/``; after a barrier rank 0 writes the
     head and ``extract.json`` (last, so it marks a complete directory); all wait."""
     from ncood.distributed import barrier
-    from ncood.features.types import SHARD_PREFIX
+    from ncood.types import SHARD_PREFIX
 
     shard = f"{SHARD_PREFIX}{ctx.rank:05d}"
     fd.train.save(out / "train" / shard)

@@ -1,4 +1,8 @@
-"""Plain containers that flow between the stages: :class:`LinearHead` and :class:`FeatureSet`.
+"""Plain containers that flow between the stages: :class:`LinearHead`, :class:`FeatureSet`,
+:class:`FeatureDir`.
+
+This module is the leaf of the package: it imports nothing of ncood but errors,
+validation and io.
 
 A FeatureSet is what ``extract`` produces for one split of one dataset. It is saved as
 one directory of ``.npy`` files plus ``meta.json``, written atomically (the ``meta.json``
@@ -218,7 +222,7 @@ class FeatureSet:
 
         ``directory`` holds ``shard_00000/`` .. ``shard_{W-1:05d}/``, each a complete
         FeatureSet whose ``meta["subset"]["shard"]`` records ``rank``, ``world_size``,
-        ``lo``, ``hi`` and ``n_total`` (see :func:`ncood.features.extract.extract_checkpoint`).
+        ``lo``, ``hi`` and ``n_total`` (see :func:`ncood.extract.extract_checkpoint`).
         The arrays are concatenated in rank order (in memory: the result is not
         memory-mapped), which restores the order of a single-process extraction; the
         shard record is dropped from the returned ``meta``.
@@ -293,3 +297,50 @@ def _without_shard(meta: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("subset"), dict):
         out["subset"] = {k: v for k, v in out["subset"].items() if k != "shard"}
     return out
+
+
+# --------------------------------------------------------------------------- FeatureDir
+@dataclass
+class FeatureDir:
+    """All features of one network: ID train/test, each OOD set, the head."""
+
+    train: FeatureSet
+    test: FeatureSet
+    ood: dict[str, FeatureSet]
+    head: LinearHead
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        d = Path(directory)
+        self.train.save(d / "train")
+        self.test.save(d / "test")
+        for name, fs in self.ood.items():
+            fs.save(d / "ood" / name)
+        self.head.save(d / "head.npz")
+        write_json(d / "extract.json", {**self.meta, "ood": list(self.ood)})
+        return d
+
+
+def load_feature_dir(directory: str | os.PathLike, *, mmap: bool = True) -> FeatureDir:
+    """Load what ``ncood extract`` wrote; a missing or damaged part raises one clear error."""
+    d = Path(directory)
+    meta_path = d / "extract.json"
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"{str(d)!r} is not a feature directory (no extract.json); "
+            "create one with `ncood extract --checkpoint CKPT --out DIR`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{str(meta_path)!r} is corrupt ({exc}); re-run `ncood extract`"
+        ) from exc
+    ood = {name: FeatureSet.load(d / "ood" / name, mmap=mmap) for name in meta.get("ood", [])}
+    return FeatureDir(
+        train=FeatureSet.load(d / "train", mmap=mmap),
+        test=FeatureSet.load(d / "test", mmap=mmap),
+        ood=ood,
+        head=LinearHead.load(d / "head.npz"),
+        meta=meta,
+    )
