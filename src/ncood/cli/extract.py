@@ -17,24 +17,66 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `ncood train`")
-    p.add_argument("--id", dest="id_dataset", help="ID dataset (default: the training set)")
-    p.add_argument("--ood", action="append", default=[], help="OOD dataset (repeatable)")
+    p.add_argument(
+        "--id",
+        dest="id_dataset",
+        default=None,
+        help="ID dataset (default: the dataset the checkpoint was trained on)",
+    )
+    p.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        help="OOD dataset, repeatable (default: none); see `ncood list datasets`",
+    )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--cache", default=None, help="feature cache directory (default: none)")
-    p.add_argument("--data-root", default=None, help="where datasets are looked for first")
-    p.add_argument("--layers", default=None, help="comma-separated submodules (default: stages)")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--max-train", type=int, default=None, help="subset of the train split")
-    p.add_argument("--max-test", type=int, default=None, help="subset of the test split")
-    p.add_argument("--max-ood", type=int, default=None, help="subset of each OOD set")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=None, help="feature cache directory (default: no cache)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="directory searched first for datasets (default: none; then $NCOOD_DATA_ROOT, "
+        "~/.cache/ncood, /usr/share/datasets)",
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated submodules to pool and keep (default: every stage of the model)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=512, help="images per forward pass (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available, else cpu) | cpu | cuda[:i] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 | bf16 autocast; features are stored as float32 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-train",
+        type=int,
+        default=None,
+        help="stratified subset of the train split (default: all of it)",
+    )
+    p.add_argument(
+        "--max-test",
+        type=int,
+        default=None,
+        help="stratified subset of the test split (default: all of it)",
+    )
+    p.add_argument(
+        "--max-ood", type=int, default=None, help="subset of each OOD set (default: all of it)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ncood.extract import extract_checkpoint
+    from ncood.extract import extract_checkpoint  # heavy (torch): keep --help fast
 
     layers = None if args.layers is None else [s for s in args.layers.split(",") if s]
     fd = extract_checkpoint(
@@ -54,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         progress=not args.quiet,
     )
-    from ncood.distributed import destroy_distributed, get_world_size, is_main
+    from ncood.distributed import destroy_distributed, get_world_size, is_main  # heavy (torch)
 
     world = get_world_size()
     if is_main():

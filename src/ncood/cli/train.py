@@ -14,10 +14,8 @@ the resumed run's saved config (with ``--resume``), ``--config`` YAML, flags.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +53,37 @@ CHOICES = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ncood.train.config import TrainConfig
+# Every TrainConfig field and how its flag parses the value. Written out rather than read
+# from TrainConfig so that building the parser does not import ncood.train (and torch):
+# `ncood train --help` answers at once. tests/test_cli_main.py checks it against TrainConfig.
+FIELD_KINDS = {
+    "model": "str",
+    "model_kwargs": "json",
+    "dataset": "str",
+    "data_root": "str",
+    "allow_subset": "bool",
+    "regime": "str",
+    "epochs": "int",
+    "batch_size": "int",
+    "lr": "float",
+    "weight_decay": "float",
+    "momentum": "float",
+    "nesterov": "bool",
+    "optimizer": "str",
+    "schedule": "str",
+    "augment": "bool",
+    "max_train_samples": "int",
+    "max_test_samples": "int",
+    "seed": "int",
+    "precision": "str",
+    "channels_last": "bool",
+    "device": "str",
+    "snapshots": "snapshots",
+    "num_threads": "int",
+}
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a classifier (resumable run directory)",
@@ -72,26 +98,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt"
     )
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flags = ["--" + f.name.replace("_", "-")]
-        if f.name == "dataset":
+    for name, kind in FIELD_KINDS.items():
+        flags = ["--" + name.replace("_", "-")]
+        if name == "dataset":
             flags = ["--data", "--dataset"]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": HELP.get(f.name)}
-        tp = hints[f.name]
-        args = set(typing.get_args(tp)) | {tp}
-        if f.name == "snapshots":
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": HELP.get(name)}
+        if kind == "snapshots":
             kwargs["type"] = _snapshots
-        elif f.name == "model_kwargs":
+        elif kind == "json":
             kwargs["type"] = _json_object
-        elif bool in args:
+        elif kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif int in args:
+        elif kind == "int":
             kwargs["type"] = int
-        elif float in args:
+        elif kind == "float":
             kwargs["type"] = float
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
+        if name in CHOICES:
+            kwargs["choices"] = CHOICES[name]
         p.add_argument(*flags, **kwargs)
     p.set_defaults(func=run)
 
@@ -119,17 +142,17 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the saved config (on --resume), the YAML file and the flags, in that order."""
-    from ncood.train.config import TrainConfig, load_yaml
+    from ncood.train.config import load_yaml  # heavy (torch via ncood.train): keep --help fast
 
     data: dict[str, Any] = {}
     if args.resume:
         data.update(saved_config(Path(args.out)))
     if args.config:
         data.update(load_yaml(args.config))
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
+    for name in FIELD_KINDS:
+        value = getattr(args, name, None)
         if value is not None:
-            data[f.name] = value
+            data[name] = value
     return data
 
 
@@ -145,13 +168,14 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
             ) from None
     last = run_dir / "last.pt"
     if last.is_file():
-        from ncood.train.checkpoint import load_checkpoint
+        from ncood.train.checkpoint import load_checkpoint  # heavy (torch): keep --help fast
 
         return dict(load_checkpoint(last).get("config", {}))
     return {}
 
 
 def run(args: argparse.Namespace) -> int:
+    # heavy (torch): imported here, not at module level, to keep --help fast
     from ncood.train import TrainingInterrupted, checkpoint_sha256, train
     from ncood.train.config import TrainConfig
 
@@ -161,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"ncood train: {exc}", file=sys.stderr)
         return 128 + exc.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-    from ncood.distributed import destroy_distributed, is_main
+    from ncood.distributed import destroy_distributed, is_main  # heavy (torch)
 
     main_rank = is_main()  # under torchrun only rank 0 reports
     destroy_distributed()
