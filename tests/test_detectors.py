@@ -304,7 +304,13 @@ def test_score_shape_dtype_finite_and_batching(name, blobs):
     np.testing.assert_array_equal(_fit(name, blobs).score(x, head.logits(x)), s)
 
 
-@pytest.mark.parametrize("name", list_detectors())
+# ASH-S and DICE assume sparse post-ReLU activations: on these dense Gaussian blobs the
+# flat OOD cloud is what they amplify (AUROC 0.16 / 0.82, by their formulas); they are
+# checked on sparse-activation data in tests/test_detectors_zoo.py.
+BLOBS_UNSUITED = {"ash_s", "dice"}
+
+
+@pytest.mark.parametrize("name", [n for n in list_detectors() if n not in BLOBS_UNSUITED])
 def test_separable_blobs_score_id_higher(name, blobs):
     z, y, head, x, o = blobs
     det = _fit(name, blobs)
