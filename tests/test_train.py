@@ -472,11 +472,22 @@ def test_resume_equals_uninterrupted(tiny_run, tmp_path):
 def test_sigint_in_process_stops_at_epoch_boundary(tmp_path):
     cfg = dict(TINY, epochs=3, max_train_samples=256, max_test_samples=100)
     callback = _StopAfter(1, lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(TrainingInterrupted, match="--resume") as info:
-        train(cfg, tmp_path / "r", progress=False, callbacks=[callback])
+
+    # The handler in place before training is set here, not inherited: under `nohup` or
+    # `cmd &` in a script SIGINT starts ignored, under a terminal it is default_int_handler.
+    # A handler of our own proves train() restores whatever was there, however pytest runs.
+    def before(signum, frame):
+        raise AssertionError("train() let SIGINT reach the handler installed before it")
+
+    inherited = signal.signal(signal.SIGINT, before)
+    try:
+        with pytest.raises(TrainingInterrupted, match="--resume") as info:
+            train(cfg, tmp_path / "r", progress=False, callbacks=[callback])
+        assert signal.getsignal(signal.SIGINT) is before  # restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert info.value.epoch == 1
     assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_existing_run_without_resume_and_changed_config_are_refused(tmp_path):
