@@ -7,12 +7,21 @@ det.fit(features, labels, head)               # -> self; or fit(..., stats=Class
 det.score(features, logits)                   # -> (n,) float64, higher = in-distribution
 ```
 
-One module per family: ``logit`` (msp, maxlogit, energy, react), ``gaussian``
-(mahalanobis), ``subspace`` (vim, neco), ``neighbors`` (knn). :func:`evaluate` fits and
-scores a set of detectors on a feature directory; :func:`format_ood_tables` prints it.
+One module per family: ``logit`` (msp, maxlogit, energy, react, gen, entropy,
+kl_matching), ``gaussian`` (mahalanobis), ``subspace`` (vim, neco), ``neighbors`` (knn,
+nnguide), ``classwise`` (rmds, fdbd, nci, she), ``activation`` (scale, ash_s, ash_p,
+ash_b, dice); docs/detectors.md lists them all. :func:`evaluate` fits and scores a set of
+detectors on a feature directory; :func:`format_ood_tables` prints it.
 """
 
-from ncood.detectors import gaussian, logit, neighbors, subspace  # noqa: F401  (registration)
+from ncood.detectors import (  # noqa: F401  (registration)
+    activation,
+    classwise,
+    gaussian,
+    logit,
+    neighbors,
+    subspace,
+)
 from ncood.detectors.base import (
     Detector,
     create_detector,

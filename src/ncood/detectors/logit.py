@@ -7,11 +7,20 @@ records the head's shape so that ``score`` can check the logit width).
 from __future__ import annotations
 
 import logging
+import numbers
+from typing import ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import logsumexp, xlogy
 
-from ncood.detectors.base import Detector, check_2d, chunk_rows, iter_chunks, register_detector
+from ncood.detectors.base import (
+    Detector,
+    check_2d,
+    chunk_rows,
+    iter_chunks,
+    read_chunk,
+    register_detector,
+)
 from ncood.validation import check_finite, check_number
 
 log = logging.getLogger(__name__)
@@ -146,3 +155,154 @@ class ReAct(Detector):
     def _score(self, z, f):
         logits = np.minimum(z, self.threshold_) @ self.weight_.T + self.bias_  # (b, C)
         return self.T * logsumexp(logits / self.T, axis=1)
+
+
+# --------------------------------------------------------------------------- round 2
+def _softmax_and_complement(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``p = softmax(f)`` and ``1 - p`` for logits ``f (b, C)``, both ``(b, C)``.
+
+    ``1 - p_i`` is formed as ``sum_{j != i} p_j`` (never as ``1 - p_i``, which is exactly
+    0 for a confident sample in float64 once the other classes sum below ``1e-16``).
+    """
+    e = np.exp(f - f.max(axis=1, keepdims=True))  # (b, C); the max entry is 1
+    total = e.sum(axis=1, keepdims=True)  # >= 1
+    rest = total - e  # no cancellation except at the max entry, where total - 1 is formed
+    rows = np.arange(len(f))
+    top = f.argmax(axis=1)
+    others = e.copy()
+    others[rows, top] = 0.0
+    rest[rows, top] = others.sum(axis=1)  # sum of every entry but the max, added directly
+    return e / total, rest / total
+
+
+def _log_softmax(f: np.ndarray) -> np.ndarray:
+    """``log softmax(f)`` for ``f (b, C)``, accurate also for confident rows.
+
+    ``logsumexp(f) = f_max + log1p(r)`` with ``r`` the sum of ``exp(f_j - f_max)`` over
+    every entry but the max, added directly: ``log p_max = -log1p(r)`` then keeps its
+    relative precision when ``r`` is tiny (``f - logsumexp(f)`` rounds it to a few digits).
+    """
+    top = f.argmax(axis=1)
+    rows = np.arange(len(f))
+    g = f - f[rows, top][:, None]  # (b, C), 0 at the max
+    e = np.exp(g)
+    e[rows, top] = 0.0
+    return g - np.log1p(e.sum(axis=1))[:, None]
+
+
+@register_detector("gen")
+class GEN(_LogitDetector):
+    """Generalised entropy: ``-sum over the M largest p_i of p_i^gamma (1 - p_i)^gamma``.
+
+    ``p = softmax(f)``. Liu, Lochman & Zach, "GEN: Pushing the Limits of Softmax-Based
+    Out-of-Distribution Detection", CVPR 2023 (CVF open access, no arXiv version;
+    code github.com/XixiLiu95/GEN); defaults ``gamma = 0.1``,
+    ``M = 100`` (capped at C) follow the paper and OpenOOD v1.5's config. ``1 - p_i`` is
+    computed as the sum of the other probabilities, so confident samples keep distinct
+    scores (see :func:`_softmax_and_complement`).
+
+    Args:
+        gamma: exponent, > 0.
+        M: number of largest probabilities summed, >= 1 (``min(M, C)`` are used).
+    """
+
+    grid: ClassVar[dict[str, list]] = {
+        "gamma": [0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0],
+        "M": [10, 50, 100, 200, 500, 1000],
+    }
+
+    def __init__(self, *, gamma: float = 0.1, M: int = 100) -> None:
+        self.gamma = check_number(gamma, "gamma", "GEN", low=0, low_open=True)
+        self.M = check_number(M, "M", "GEN", kind=numbers.Integral, low=1)
+
+    def _score(self, z, f):
+        p, q = _softmax_and_complement(f)  # (b, C) each
+        c = f.shape[1]
+        m = min(self.M, c)
+        top = np.argpartition(p, c - m, axis=1)[:, c - m :]  # (b, M) largest p
+        p_top = np.take_along_axis(p, top, axis=1)
+        q_top = np.take_along_axis(q, top, axis=1)
+        return -np.sum(p_top**self.gamma * q_top**self.gamma, axis=1)
+
+
+@register_detector("entropy")
+class Entropy(_LogitDetector):
+    """Negative Shannon entropy of the softmax: ``sum_i p_i log p_i``, ``p = softmax(f)``.
+
+    The classic uncertainty baseline (no tunable parameter); OpenOOD v1.5 does not list
+    it, pytorch-ood has it as ``Entropy``. Computed from an accurate log-softmax
+    (:func:`_log_softmax`): a probability that underflows to 0 contributes 0, not NaN,
+    and confident samples (entropy ~1e-10) keep their relative precision.
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def _score(self, z, f):
+        logp = _log_softmax(f)  # (b, C)
+        return np.sum(np.exp(logp) * logp, axis=1)
+
+
+# Floor of the KL-matching templates: the smallest normal float64, so that an empty
+# class's one-hot template gives a huge finite KL (about 708 nats per unit of mass on
+# the empty entries) rather than inf or NaN.
+KL_TEMPLATE_FLOOR = np.finfo(np.float64).tiny
+
+
+@register_detector("kl_matching")
+class KLMatching(Detector):
+    """KL matching: ``-min_c KL(p || d_c)``, ``p = softmax(f)``.
+
+    ``d_c`` is the mean softmax of the train samples the classifier *predicts* as class
+    ``c`` (logits ``W z + b`` recomputed from the train features); a class never
+    predicted gets the one-hot template ``e_c``, as in OpenOOD v1.5.
+
+    Hendrycks, Basart, Mazeika, Zou, Kwon, Mostajabi, Steinhardt & Song, "Scaling
+    Out-of-Distribution Detection for Real-World Settings", ICML 2022 (arXiv 1911.11132).
+    The paper and OpenOOD v1.5 take the templates from an ID validation split; here they
+    come from the train features ``fit`` receives (pass validation features to ``fit`` to
+    follow the paper). No tunable parameter.
+
+    Fitted attributes:
+        templates_: ``(C, C)`` row ``c`` = ``d_c``.
+        log_templates_: ``(C, C)`` ``log max(d_c, KL_TEMPLATE_FLOOR)``.
+    """
+
+    uses_features = False
+    uses_logits = True
+    needs_train_features = True
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, features, labels, head, stats) -> None:
+        n, d = features.shape
+        c = head.num_classes
+        sums = np.zeros((c, c), dtype=np.float64)
+        counts = np.zeros(c, dtype=np.int64)
+        for start, stop in iter_chunks(n, chunk_rows(max(d, c))):
+            logits = head.logits(read_chunk(features, start, stop, "train features"))
+            p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))  # (b, C)
+            pred = logits.argmax(axis=1)
+            onehot = np.zeros((c, len(pred)), dtype=np.float64)
+            onehot[pred, np.arange(len(pred))] = 1.0
+            sums += onehot @ p
+            counts += np.bincount(pred, minlength=c)
+        templates = np.eye(c)
+        seen = counts > 0
+        templates[seen] = sums[seen] / counts[seen, None]
+        if not seen.all():
+            log.info(
+                "kl_matching: %d class(es) never predicted on the train features; "
+                "their templates are one-hot",
+                int((~seen).sum()),
+            )
+        self.templates_ = templates
+        self.log_templates_ = np.log(np.maximum(templates, KL_TEMPLATE_FLOOR))
+
+    def _score(self, z, f):
+        logp = _log_softmax(f)  # (b, C)
+        p = np.exp(logp)
+        neg_entropy = np.sum(xlogy(p, p), axis=1)  # sum p log p
+        cross = p @ self.log_templates_.T  # (b, C): sum_i p_i log d_ci
+        return -(neg_entropy - cross.max(axis=1))  # -min_c KL(p || d_c)
