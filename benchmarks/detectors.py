@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ncood.collapse.stats import ClassStats
 from ncood.detectors import DEFAULT_DETECTORS, create_detector, evaluate
-from ncood.detectors.base import class_stats_of
 from ncood.metrics import auroc, ood_metrics
 from ncood.types import FeatureDir, FeatureSet, LinearHead
 
@@ -273,7 +273,7 @@ def large(args) -> None:
         tracemalloc.start()
         t_all = time.perf_counter()
         t0 = time.perf_counter()
-        stats = class_stats_of(train, labels, c)
+        stats = ClassStats.from_features(train, labels, c)
         stats_s = time.perf_counter() - t0
         print(f"  class statistics (one chunked pass over the file): {stats_s:.1f} s")
         rows, aurocs = [], {}

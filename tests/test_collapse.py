@@ -47,10 +47,11 @@ def centred_noise(y: np.ndarray, d: int, seed: int) -> np.ndarray:
     return noise
 
 
-def clustered(c=6, d=16, per=40, spread=1.0, offset=0.0, seed=0):
+def clustered(c=6, d=16, per=40, spread=1.0, offset=0.0, seed=0, sizes=None):
+    """Gaussian classes; ``per`` samples each, or ``sizes[k]`` for class k (unequal)."""
     rng = np.random.default_rng(seed)
     mu = rng.standard_normal((c, d)) * 3.0
-    y = np.repeat(np.arange(c), per)
+    y = np.repeat(np.arange(c), per if sizes is None else sizes)
     rng.shuffle(y)
     z = mu[y] + spread * rng.standard_normal((y.size, d)) + offset
     head = LinearHead(rng.standard_normal((c, d)), rng.standard_normal(c))
@@ -153,14 +154,50 @@ def test_metrics_invariant_to_rotation_and_scaling(transform):
 
 
 # ---------------------------------------------------------------------- brute force
+UNEQUAL = [5, 60, 12, 33, 90, 8]  # class sizes: the mean of the class means != sample mean
+
+
 @pytest.mark.parametrize("offset", [0.0, 50.0])
-def test_metrics_match_brute_force_loops(offset):
-    z, y, head = clustered(c=6, d=12, per=25, spread=1.5, offset=offset, seed=7)
+@pytest.mark.parametrize("sizes", [None, UNEQUAL])
+def test_metrics_match_brute_force_loops(offset, sizes):
+    z, y, head = clustered(c=6, d=12, per=25, spread=1.5, offset=offset, seed=7, sizes=sizes)
     m = collapse_metrics(z, y, head)
     ref = brute_force(z, y, head.weight)
+    ref["nc1"] = np.trace(ref["s_w"] @ np.linalg.pinv(ref["s_b"])) / 6
     for key, val in ref.items():
         if key in m:
             np.testing.assert_allclose(m[key], val, rtol=1e-9, atol=1e-12, err_msg=key)
+    if sizes is not None:  # the check can tell mu_G from the sample mean
+        mus = np.stack([z[y == k].mean(axis=0) for k in range(6)])
+        assert np.linalg.norm(mus.mean(axis=0) - z.mean(axis=0)) > 0.1
+        m_samples = mus - z.mean(axis=0)
+        wrong = np.sum(
+            (head.weight / np.linalg.norm(head.weight) - m_samples / np.linalg.norm(m_samples)) ** 2
+        )
+        assert abs(wrong - m["nc3"]) > 1e-3
+
+
+def test_nc5_centred_against_brute_force_with_unequal_classes():
+    z, y, _ = clustered(c=6, d=12, spread=1.5, offset=30.0, seed=31, sizes=UNEQUAL)
+    ood = np.random.default_rng(32).standard_normal((70, 12)) * 2.0 + 31.0
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(6)])
+    mg = mus.mean(axis=0)  # mean of the class means
+    o = ood.mean(axis=0) - mg
+
+    def orthodev(rows, v):
+        return np.mean([abs(r @ v) / (np.linalg.norm(r) * np.linalg.norm(v)) for r in rows])
+
+    got = nc5_centred(z, y, ood)
+    np.testing.assert_allclose(got, orthodev(mus - mg, o), rtol=1e-10)
+    # the variants a bug could compute are far from it, so the check can fail
+    for wrong in (orthodev(mus, o), orthodev(mus - z.mean(0), ood.mean(0) - z.mean(0))):
+        assert abs(wrong - got) > 1e-3
+    np.testing.assert_allclose(nc5(z, y, ood), orthodev(mus, ood.mean(axis=0)), rtol=1e-10)
+    # with precomputed stats of two merged shards, and tiny chunks: the same numbers
+    stats = ClassStats.from_features(z[:100], y[:100], 6, second_moment=False).merge(
+        ClassStats.from_features(z[100:], y[100:], 6, second_moment=False)
+    )
+    assert nc5_centred(None, None, ood, stats=stats, chunk_size=7) == pytest.approx(got, rel=1e-12)
 
 
 def test_cdnv_against_brute_force_loop():
@@ -189,6 +226,113 @@ def test_nc4_and_ncc_accuracy_against_direct_distances():
     sk = NearestCentroid().fit(z64, y).predict(z64)
     assert m["ncc_acc"] == pytest.approx(np.mean(sk == y), abs=0)
     assert 0.0 < m["nc4"] < 1.0  # the check is not vacuous
+
+
+def test_nc4_is_disagreement_with_the_nearest_mean_not_training_error():
+    """NC4 compares the head with the nearest class mean, not with the labels."""
+    c, d = 5, 12
+    mu = simplex_etf(c, d, seed=40) * 6.0
+    y = np.repeat(np.arange(c), 40)
+    z = mu[y] + 0.3 * centred_noise(y, d, seed=41)
+    y_noisy = y.copy()
+    y_noisy[::10] = (y[::10] + 1) % c  # 10% of the labels point to another class
+    # the head is the nearest-class-mean rule of the clean classes: NC4 = 0, while its
+    # training error against the noisy labels is 10%
+    head = LinearHead(mu, -0.5 * np.sum(mu**2, axis=1))
+    m = collapse_metrics(z, y_noisy, head)
+    mus = np.stack([z[y_noisy == k].mean(axis=0) for k in range(c)])
+    nearest = cdist(z, mus).argmin(axis=1)
+    pred = head.logits(z).argmax(axis=1)
+    assert np.mean(pred != y_noisy) == pytest.approx(0.1)
+    assert m["nc4"] == np.mean(pred != nearest) == 0.0
+    assert m["ncc_acc"] == pytest.approx(np.mean(nearest == y_noisy)) == pytest.approx(0.9)
+    # a head that predicts the next class: NC4 = 1 (every sample), training error 90%
+    shifted = LinearHead(np.roll(head.weight, 1, axis=0), np.roll(head.bias, 1))
+    m2 = collapse_metrics(z, y_noisy, shifted)
+    assert m2["nc4"] == 1.0
+    assert np.mean(shifted.logits(z).argmax(axis=1) != y_noisy) == pytest.approx(0.9)
+
+
+def test_chunked_passes_equal_one_block(monkeypatch, tmp_path):
+    """Tiny chunks over a float32 memmap equal the one-block result computed first."""
+    import ncood.collapse.stats as collapse_stats
+
+    z, y, head = clustered(c=5, d=10, per=30, spread=1.0, offset=20.0, seed=42)
+    ood = np.random.default_rng(43).standard_normal((50, 10)) + 21.0
+    np.save(tmp_path / "z.npy", z.astype(np.float32))
+    z32 = np.load(tmp_path / "z.npy", mmap_mode="r")
+    z64 = np.asarray(z32, dtype=np.float64)
+    assert collapse_stats.chunk_rows(10) >= len(y)  # the reference is one block
+    ref = collapse_metrics(z64, y, head)
+    ref_layer = layer_metrics(z64, y, full=False)
+    ref5 = (nc5(z64, y, ood), nc5_centred(z64, y, ood))
+    monkeypatch.setattr(collapse_stats, "CHUNK_VALUES", 30)  # 3 rows per chunk
+    assert collapse_stats.chunk_rows(10) == 3 and collapse_stats.chunk_rows(10, 2) == 2
+    for got in (collapse_metrics(z32, y, head), collapse_metrics(z32, y, head, chunk_size=2)):
+        for key in SCALARS:
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-9, err_msg=key)
+    light = layer_metrics(z32, y, full=False, chunk_size=4)
+    for key in ("nc1_trace", "cdnv", "ncc_acc"):
+        np.testing.assert_allclose(light[key], ref_layer[key], rtol=1e-9, err_msg=key)
+    np.testing.assert_allclose((nc5(z32, y, ood), nc5_centred(z32, y, ood)), ref5, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------- degenerate inputs
+def test_coincident_class_means_raise_instead_of_nan():
+    y = np.repeat(np.arange(4), 10)
+    head = LinearHead(np.random.default_rng(44).standard_normal((4, 6)), np.zeros(4))
+    # every sample identical (before: cdnv, nc2 equinorm and nc3 were NaN)
+    same = np.full((40, 6), 2.5)
+    # class means equal, samples spread about them, large offset (before: cdnv ~1e30)
+    spread = 50.0 + centred_noise(np.zeros(40, dtype=int), 6, seed=45)
+    spread = spread - np.stack([spread[y == k].mean(0) for k in range(4)])[y] + 50.0
+    for z in (same, spread):
+        with pytest.raises(ShapeError, match="all 4 class means coincide"):
+            collapse_metrics(z, y, head)
+        with pytest.raises(ShapeError, match="class means coincide"):
+            layer_metrics(z, y)
+        with pytest.raises(ShapeError, match="class means coincide"):
+            layer_metrics(z, y, full=False)
+    # barely separated (1e-6 of the scale) is real separation: finite metrics
+    sep = spread + 1e-6 * 50.0 * np.eye(6)[y]
+    m = collapse_metrics(sep, y, head)
+    assert all(np.isfinite(m[k]) for k in HEAD_SCALARS)
+
+
+def test_two_coincident_classes_give_infinite_cdnv():
+    # classes 0 and 1 at the same point with zero spread: (0 + 0) / 0 -> inf, not nan
+    mu = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    y = np.repeat(np.arange(4), 3)
+    z = mu[y] + np.where(y[:, None] >= 2, 0.1 * centred_noise(y, 2, seed=46), 0.0)
+    m = layer_metrics(z, y)
+    assert m["cdnv"] == np.inf
+
+
+def test_zero_head_weight_raises():
+    z, y, head = clustered(c=4, d=6, seed=47)
+    with pytest.raises(ShapeError, match="weight is all zeros"):
+        collapse_metrics(z, y, LinearHead(np.zeros((4, 6)), np.ones(4)))
+
+
+def test_nc5_ood_mean_at_the_centre_raises():
+    z, y, _ = clustered(c=5, d=8, seed=48, offset=40.0, sizes=[7, 20, 11, 30, 9])
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(5)])
+    mg = mus.mean(axis=0)
+    v = np.random.default_rng(49).standard_normal((25, 8))
+    at_centre = np.concatenate([mg + v, mg - v])  # OOD mean = mu_G up to rounding
+    # before: an exact-zero test let rounding noise (~1e-15) through as a direction
+    with pytest.raises(ShapeError, match="nc5_centred is undefined: the OOD mean"):
+        nc5_centred(z, y, at_centre)
+    with pytest.raises(ShapeError, match="NC5 is undefined: the OOD mean"):
+        nc5(z, y, np.concatenate([v, -v]))  # OOD mean = 0 up to rounding
+    # a real offset of 1e-6 of the scale is a direction: the brute-force value
+    e = np.eye(8)[0] * 1e-6 * 40.0
+    near = at_centre + e
+    o = near.mean(axis=0) - mg
+    expected = np.mean(
+        [abs((m - mg) @ o) / (np.linalg.norm(m - mg) * np.linalg.norm(o)) for m in mus]
+    )
+    np.testing.assert_allclose(nc5_centred(z, y, near), expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- NC1 numerics

@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
+import ncood.collapse.stats as collapse_stats
 import ncood.detectors.base as det_base
 import ncood.detectors.neighbors as det_neighbors
 from ncood.collapse import ClassStats
@@ -37,7 +38,12 @@ class Data:
     def __init__(self, seed=0, n=600, d=24, c=5, n_query=200):
         rng = np.random.default_rng(seed)
         means = 3.0 * rng.normal(size=(c, d)) + 5.0
-        mix = rng.normal(size=(d, d)) * np.linspace(0.3, 2.0, d)  # distinct scales
+        # distinct scales 0.3..2.0 along random orthogonal directions: the within-class
+        # covariance has condition number (2.0 / 0.3)^2 ~ 44, so float64 results of two
+        # formulations agree to ~1e-13 and rtol=1e-9 comparisons are meaningful (a raw
+        # Gaussian mixing matrix gave condition numbers ~1e8 and rounding-level misses)
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        mix = q * np.linspace(0.3, 2.0, d)
         self.y = rng.integers(0, c, n)
         self.y[:c] = np.arange(c)  # every class present
         self.Z = means[self.y] + rng.normal(size=(n, d)) @ mix
@@ -164,6 +170,105 @@ def test_vim_default_dim_is_used(data):
     assert det.dim_ == data.Z.shape[1] // 2
 
 
+def _low_rank(seed=0, n=2000, d=32, rank=10, c=5):
+    """Features spanning exactly ``rank`` directions through the origin (dead/redundant
+    units), a head with zero bias (so ViM's origin u = 0 lies in their span), ID queries
+    in the span and OOD queries off it."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(rank, d))
+    y = rng.integers(0, c, n)
+    centres = 3.0 * rng.normal(size=(c, rank))
+    z = (centres[y] + rng.normal(size=(n, rank))) @ basis  # (n, D), numerical rank 10
+    head = LinearHead(rng.normal(size=(c, d)) / np.sqrt(d), np.zeros(c))
+    x = (centres[rng.integers(0, c, 300)] + rng.normal(size=(300, rank))) @ basis
+    o = x + 2.0 * rng.normal(size=x.shape)  # leaves the span
+    return z, y, head, x, o
+
+
+def test_vim_dim_at_or_above_the_numerical_rank_raises():
+    # before: dim=12 on rank-10 features built the residual from rounding noise
+    # (alpha ~1e15) without a word
+    z, y, head, _, _ = _low_rank()
+    for dim in (12, 10):
+        with pytest.raises(ConfigError, match=rf"got dim={dim}, but .* only 10 of D=32 .*<= 9"):
+            create_detector("vim", dim=dim).fit(z, y, head)
+    det = create_detector("vim", dim=9).fit(z, y, head)  # the largest valid dim
+    assert det.rank_ == 10 and det.dim_ == 9
+    x = z[:50] + 0.1
+    expected, alpha = _vim_direct(z, head.weight, head.bias, 9, x, head.logits(x))
+    assert det.alpha_ == pytest.approx(alpha, rel=1e-8) and det.alpha_ < 1e3
+    np.testing.assert_allclose(det.score(x, head.logits(x)), expected, rtol=1e-8)
+
+
+def test_vim_default_dim_is_capped_below_the_numerical_rank(caplog):
+    z, y, head, x, o = _low_rank()
+    with caplog.at_level(logging.WARNING, logger="ncood.detectors.subspace"):
+        det = create_detector("vim").fit(z, y, head)  # default dim = 32 // 2 = 16
+    assert "default dim=16 (D=32) is at or above the numerical rank 10" in caplog.text
+    assert "using dim=9" in caplog.text
+    assert (det.dim_, det.rank_) == (9, 10)
+    explicit = create_detector("vim", dim=9).fit(z, y, head)
+    assert det.alpha_ == explicit.alpha_
+    # the capped detector works: queries off the train span score lower
+    assert auroc(det.score(x, head.logits(x)), det.score(o, head.logits(o))) > 0.99
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ncood.detectors.subspace"):
+        full = create_detector("vim").fit(*_blobs()[:3])  # full rank: no cap, no warning
+    assert full.dim_ == 16 and full.rank_ == 32 and "numerical rank" not in caplog.text
+
+
+def test_vim_rank_below_two_raises():
+    rng = np.random.default_rng(4)
+    y = np.arange(40) % 2
+    z = np.outer(rng.normal(size=40) + 3.0, rng.normal(size=6))  # one direction
+    head = LinearHead(rng.normal(size=(2, 6)), np.zeros(2))
+    with pytest.raises(ConfigError, match="at least 2 directions .* span 1"):
+        create_detector("vim").fit(z, y, head)
+
+
+def test_mahalanobis_constant_features_warn_and_match_reduced_reference(data, caplog):
+    z = data.Z.copy()
+    z[:, [2, 7]] = [0.0, 3.25]  # dead / constant units
+    x = data.X.copy()
+    x[:, [2, 7]] = [0.0, 3.25]
+    with caplog.at_level(logging.WARNING, logger="ncood.detectors.gaussian"):
+        det = create_detector("mahalanobis").fit(z, data.y, data.head)
+    assert "mahalanobis: 2 train feature(s) are constant" in caplog.text
+    assert "[2, 7]" in caplog.text
+    assert det.n_constant_ == 2 and det.rank_ == z.shape[1] - 2
+    # reference: sklearn on the 22 informative columns alone
+    keep = np.setdiff1d(np.arange(z.shape[1]), [2, 7])
+    c = data.head.num_classes
+    means = np.stack([z[data.y == k][:, keep].mean(axis=0) for k in range(c)])
+    ec = EmpiricalCovariance(assume_centered=True).fit(z[:, keep] - means[data.y])
+    dist = np.stack([ec.mahalanobis(x[:, keep] - means[k]) for k in range(c)], axis=1)
+    np.testing.assert_allclose(det.score(x, data.F), -dist.min(axis=1), rtol=1e-9)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ncood.detectors.gaussian"):
+        plain = create_detector("mahalanobis").fit(data.Z, data.y, data.head)
+    assert plain.n_constant_ == 0 and "constant" not in caplog.text
+
+
+def test_defaults_are_pinned_through_the_registry(data):
+    """The papers' defaults, read through the registry, and what they do."""
+    assert create_detector("react").percentile == 90.0  # Sun et al. 2021
+    assert create_detector("knn").k == 50  # Sun et al. 2022 (CIFAR-10)
+    assert create_detector("vim").dim is None
+    assert create_detector("msp").T == 1.0 and create_detector("energy").T == 1.0
+    react = create_detector("react").fit(data.Z, data.y, data.head)
+    assert react.threshold_ == pytest.approx(np.percentile(data.Z, 90.0), rel=1e-14)
+    assert react.threshold_ != pytest.approx(np.percentile(data.Z, 95.0), rel=1e-3)
+    knn = create_detector("knn").fit(data.Z, data.y, data.head)
+    unit = data.Z / np.linalg.norm(data.Z, axis=1, keepdims=True)
+    dist, _ = (
+        NearestNeighbors(n_neighbors=50)
+        .fit(unit)
+        .kneighbors(data.X / np.linalg.norm(data.X, axis=1, keepdims=True))
+    )
+    np.testing.assert_allclose(knn.score(data.X, data.F), -dist[:, 49], atol=2e-5)
+    assert np.abs(dist[:, 49] - dist[:, 9]).min() > 1e-3  # k=10 would be told apart
+
+
 def _neco_sklearn(z_train, x, dim):
     ss = StandardScaler().fit(z_train)
     pca = PCA(svd_solver="full").fit(ss.transform(z_train))
@@ -251,25 +356,40 @@ def test_stats_of_another_width_raise(data):
 
 
 def test_chunked_passes_equal_in_memory(data, monkeypatch, tmp_path):
-    """Tiny chunks and a float32 memmap give the same fit and scores as one block."""
+    """Tiny chunks and a float32 memmap give the same fit and scores as one block.
+
+    The reference is fitted AND scored before the chunk size is patched, with every pass
+    in a single block, so a chunking bug cannot hide in the reference too.
+    """
     path = tmp_path / "z.npy"
     np.save(path, data.Z.astype(np.float32))
     z32 = np.load(path, mmap_mode="r")
     x32 = data.X.astype(np.float32)
+    d = data.Z.shape[1]
+    assert collapse_stats.chunk_rows(d) >= len(data.Z)  # the reference is one block
     ref = {}
     for name in list_detectors():
-        ref[name] = create_detector(name).fit(np.asarray(z32, np.float64), data.y, data.head)
-    monkeypatch.setattr(det_base, "CHUNK_VALUES", 7 * data.Z.shape[1])  # 7 rows per chunk
-    monkeypatch.setattr(det_neighbors, "SIM_VALUES", 5 * len(data.Z))
+        det = create_detector(name).fit(np.asarray(z32, np.float64), data.y, data.head)
+        ref[name] = det.score(x32.astype(np.float64), data.F)
+    monkeypatch.setattr(collapse_stats, "CHUNK_VALUES", 7 * d)  # 7 rows per chunk
+    if hasattr(det_neighbors, "SIM_VALUES"):
+        monkeypatch.setattr(det_neighbors, "SIM_VALUES", 5 * len(data.Z))
+    assert det_base.chunk_rows(d) == 7  # the detectors see the patched policy
+    calls = []
+    real_read = collapse_stats.read_chunk
+
+    def counting_read(arr, start, stop, name):
+        calls.append(stop - start)
+        return real_read(arr, start, stop, name)
+
+    monkeypatch.setattr(collapse_stats, "read_chunk", counting_read)
+    monkeypatch.setattr(det_base, "read_chunk", counting_read)
     for name in list_detectors():
+        calls.clear()
         det = create_detector(name).fit(z32, data.y, data.head)
-        np.testing.assert_allclose(
-            det.score(x32, data.F),
-            ref[name].score(x32.astype(np.float64), data.F),
-            rtol=1e-9,
-            atol=1e-12,
-            err_msg=name,
-        )
+        got = det.score(x32, data.F)
+        assert len(calls) > 1 and max(calls) < len(data.X), name  # scored in chunks
+        np.testing.assert_allclose(got, ref[name], err_msg=name, **TOL.get(name, DEFAULT_TOL))
 
 
 # --------------------------------------------------------------------------- shared contract

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ncood.collapse.stats import ClassStats
+from ncood.collapse.stats import ClassStats, check_2d, chunk_rows, read_chunk
+from ncood.collapse.stats import iter_chunks as row_blocks
 from ncood.errors import ShapeError
 from ncood.types import LinearHead
 from ncood.validation import as_labels, check_finite
@@ -71,10 +72,13 @@ LAYER_SCALARS = (
 #: Fewest samples per class for NC1-NC4 (NC5 needs one: it uses class means only).
 MIN_CLASS_COUNT = 2
 
-# Bytes of float64 working memory per chunk of rows (a chunk is converted to float64 and
-# shifted, i.e. two copies); bounds memory for wide layers where chunk_size rows of D
-# float64 values would not fit.
-_CHUNK_BYTES = 128 * 2**20
+#: Relative tolerance for "zero to working precision" of a difference of means: the class
+#: means' spread about ``mu_G`` (NC1-NC3, CDNV) and the vectors whose cosines NC5 takes.
+#: A vector shorter than ``ZERO_RTOL`` times the RMS norm of the accumulated features is
+#: rounding: float64 sums of ``n`` rows carry a relative error of about ``log2(n) * eps``
+#: (pairwise summation, ~1e-14 for a million rows), five orders of magnitude below this,
+#: and a real separation (even a float32 one, ~1e-7) is far above it.
+ZERO_RTOL = 1e-9
 
 
 def _etf_note(c: int, d: int) -> str:
@@ -86,35 +90,14 @@ def _etf_note(c: int, d: int) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
-def _rows_per_chunk(dim: int, chunk_size: int | None) -> int:
-    budget = max(256, _CHUNK_BYTES // (16 * max(dim, 1)))
-    return int(budget if chunk_size is None else max(1, min(chunk_size, budget)))
-
-
 def iter_chunks(features, labels, chunk_size: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """Yield ``(features[i:j], labels[i:j])`` row chunks (memory-mapped input stays lazy)."""
-    rows = _rows_per_chunk(features.shape[1], chunk_size)
-    for start in range(0, features.shape[0], rows):
-        yield features[start : start + rows], labels[start : start + rows]
+    """Yield ``(features[i:j], labels[i:j])`` row chunks (memory-mapped input stays lazy).
 
-
-def _check_features(features, name: str = "features"):
-    feats = features if isinstance(features, np.ndarray) else np.asarray(features)
-    if feats.ndim != 2 or feats.shape[0] == 0:
-        raise ShapeError(
-            f"{name} must be a non-empty 2-D array (n_samples, n_features); got shape {feats.shape}"
-        )
-    return feats
-
-
-def _build_stats(features, labels, num_classes: int | None, *, chunk_size, second_moment):
-    feats = _check_features(features)
-    y = as_labels(labels, feats.shape[0], num_classes=num_classes)
-    c = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    stats = ClassStats(c, feats.shape[1], second_moment=second_moment)
-    for zb, yb in iter_chunks(feats, y, chunk_size):
-        stats.update(zb, yb)
-    return feats, y, stats
+    Rows per chunk follow :func:`ncood.collapse.stats.chunk_rows` (``chunk_size`` capped
+    at the memory budget).
+    """
+    for start, stop in row_blocks(features.shape[0], chunk_rows(features.shape[1], chunk_size)):
+        yield features[start:stop], labels[start:stop]
 
 
 def _check_stats(stats: ClassStats, dim: int | None, num_classes: int | None) -> None:
@@ -163,12 +146,35 @@ def _pairwise_sq_distances(m: np.ndarray) -> np.ndarray:
 
 
 def _cdnv(variances: np.ndarray, d2: np.ndarray) -> float:
-    """Mean over pairs ``i < j`` of ``(Var_i + Var_j) / (2 ||mu_i - mu_j||^2)``."""
+    """Mean over pairs ``i < j`` of ``(Var_i + Var_j) / (2 ||mu_i - mu_j||^2)``.
+
+    A pair of coincident means (``||mu_i - mu_j|| = 0``) has no separation at all: its
+    ratio is ``inf``, also when both variances are 0 (instead of ``0 / 0 = nan``).
+    """
     iu = np.triu_indices(d2.shape[0], k=1)
     num = variances[iu[0]] + variances[iu[1]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = num / (2.0 * d2[iu])  # coincident means give inf: no separation at all
+    den = 2.0 * d2[iu]
+    ratio = np.full(den.shape, np.inf)
+    np.divide(num, den, out=ratio, where=den > 0)
     return float(ratio.mean())
+
+
+def _check_separated(stats: ClassStats, m: np.ndarray) -> None:
+    """Raise if all class means coincide (``M`` is zero to working precision).
+
+    The spread ``max_c ||mu_c - mu_G||`` is compared with ``ZERO_RTOL`` times the RMS
+    norm of the accumulated features (about the statistics' shift): below it, ``S_B`` is
+    rounding noise and CDNV, NC1, NC2 (means) and NC3 are undefined.
+    """
+    spread = float(np.sqrt(np.einsum("ij,ij->i", m, m).max()))
+    scale = float(np.sqrt(stats.sq_norms.sum() / stats.n))
+    if spread <= ZERO_RTOL * scale:
+        raise ShapeError(
+            f"all {stats.num_classes} class means coincide (largest distance to their mean "
+            f"{spread:.3g}, at most {ZERO_RTOL:g} x the feature scale {scale:.3g}): there is "
+            "no between-class spread, so cdnv, nc1, nc2 and nc3 are undefined; check that "
+            "the features come from the intended layer and the labels belong to them"
+        )
 
 
 def nc1_from_stats(stats: ClassStats, *, rtol: float | None = None) -> tuple[float, int]:
@@ -259,12 +265,18 @@ def metrics_from_stats(stats: ClassStats, head: LinearHead | None = None) -> dic
     With ``head``: the head-based metrics too (``nc2_*_weights``, ``nc3``). Without the
     second moment (``stats.has_second_moment`` False): only the inversion-free
     ``nc1_trace`` and ``cdnv``, plus the per-class arrays that need no covariance.
+
+    Raises:
+        ShapeError: fewer than 2 classes or 2 samples in a class; all class means coincide
+            (spread below ``ZERO_RTOL`` times the feature scale: no between-class spread,
+            every ratio to it undefined); a head whose weight is all zeros.
     """
     c, d = stats.num_classes, stats.dim
     if c < 2:
         raise ShapeError(f"collapse metrics need at least 2 classes; got C={c}")
     _check_stats(stats, head.dim if head is not None else None, head.num_classes if head else None)
     m = stats.centred_means()  # (C, D)
+    _check_separated(stats, m)
     var = stats.class_variances()  # (C,)
     trace_w = float(var @ stats.counts / stats.n)  # Tr(S_W)
     trace_b = float(np.einsum("ij,ij->", m, m) / c)  # Tr(S_B)
@@ -296,8 +308,13 @@ def metrics_from_stats(stats: ClassStats, head: LinearHead | None = None) -> dic
         out["nc1"], out["nc1_rank"] = nc1_from_stats(stats)
     if head is not None:
         w = head.weight
-        equinorm, equiangular, maxangle, wnorms, wcos = _nc2(w)
         w_f, m_f = np.linalg.norm(w), np.linalg.norm(m)
+        if not w_f > 0:
+            raise ShapeError(
+                "the head's weight is all zeros, so nc2_*_weights and nc3 are undefined; "
+                "pass the trained final layer"
+            )
+        equinorm, equiangular, maxangle, wnorms, wcos = _nc2(w)
         per_class = np.einsum("ij,ij->i", w, m) / np.maximum(wnorms * norms, np.finfo(float).tiny)
         out.update(
             nc2_equinorm_weights=equinorm,
@@ -344,25 +361,26 @@ def collapse_metrics(
 
     Raises:
         ShapeError: widths or class counts of features, labels, head and stats disagree,
-            a class has fewer than 2 samples, there is a single class, or the
-            features hold NaN/inf.
+            a class has fewer than 2 samples, there is a single class, the features hold
+            NaN/inf, all class means coincide, or the head's weight is all zeros (see
+            :func:`metrics_from_stats`).
     """
     if not isinstance(head, LinearHead):
         raise ShapeError(
             f"head must be a ncood LinearHead(weight (C, D), bias (C,)); got "
             f"{type(head).__name__}; use layer_metrics() for a layer without a head"
         )
-    feats = _check_features(features)
+    feats = check_2d(features, "features")
     if feats.shape[1] != head.dim:
         raise ShapeError(
             f"features have {feats.shape[1]} features, but the head is expecting {head.dim} "
             "features as input; pass the penultimate features of the same network"
         )
     c = head.num_classes
+    y = as_labels(labels, feats.shape[0], num_classes=c)
     if stats is None:
-        feats, y, stats = _build_stats(feats, labels, c, chunk_size=chunk_size, second_moment=True)
+        stats = ClassStats.from_features(feats, y, c, chunk_size=chunk_size)
     else:
-        y = as_labels(labels, feats.shape[0], num_classes=c)
         stats.require_second_moment("collapse_metrics (nc1)")
     out = metrics_from_stats(stats, head)
     if stats.n != feats.shape[0]:
@@ -400,11 +418,12 @@ def layer_metrics(
         dict as :func:`collapse_metrics` minus the head-based entries, with ``ncc_acc``
         (nearest-class-mean accuracy on these samples) in place of ``nc4``.
     """
-    feats = _check_features(features)
+    feats = check_2d(features, "features")
     if stats is None:
-        feats, y, stats = _build_stats(
+        stats = ClassStats.from_features(
             feats, labels, num_classes, chunk_size=chunk_size, second_moment=full
         )
+        y = as_labels(labels, feats.shape[0], num_classes=stats.num_classes)
     else:
         y = as_labels(labels, feats.shape[0], num_classes=stats.num_classes)
         _check_stats(stats, feats.shape[1], num_classes)
@@ -428,40 +447,66 @@ def layer_metrics(
 
 
 # ---------------------------------------------------------------------- NC5
-def _mean_rows(features, name: str, chunk_size: int | None = None) -> np.ndarray:
-    feats = _check_features(features, name)
-    total = np.zeros(feats.shape[1], dtype=np.float64)
-    rows = _rows_per_chunk(feats.shape[1], chunk_size)
-    for start in range(0, feats.shape[0], rows):
-        chunk = np.asarray(feats[start : start + rows], dtype=np.float64)
-        check_finite(chunk, name)
+def _mean_rows(
+    features, name: str, center: np.ndarray, chunk_size: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Mean of ``features - center`` ``(D,)`` and the RMS of ``||z - center||``, in chunks."""
+    feats = check_2d(features, name)
+    n, d = feats.shape
+    if d != center.shape[0]:
+        raise ShapeError(
+            f"{name} have {d} features, but the ID features have {center.shape[0]}; extract "
+            "both from the same layer"
+        )
+    total = np.zeros(d, dtype=np.float64)
+    sq = 0.0
+    for start, stop in row_blocks(n, chunk_rows(d, chunk_size)):
+        chunk = read_chunk(feats, start, stop, name) - center  # (b, D)
         total += chunk.sum(axis=0)
-    return total / feats.shape[0]
+        sq += float(np.einsum("ij,ij->", chunk, chunk))
+    return total / n, float(np.sqrt(sq / n))
 
 
-def _orthodev(means: np.ndarray, ood_mean: np.ndarray) -> float:
-    mn = np.linalg.norm(means, axis=1)
-    on = np.linalg.norm(ood_mean)
-    if on == 0 or np.any(mn == 0):
+def _rms_about(stats: ClassStats, center: np.ndarray) -> float:
+    """RMS of ``||z - center||`` over the samples behind ``stats`` (from its sums)."""
+    a = stats._shift() - center  # z - center = (z - shift) + a
+    total = stats.sq_norms.sum() + 2.0 * float(a @ stats.sums.sum(axis=0)) + stats.n * (a @ a)
+    return float(np.sqrt(max(total, 0.0) / stats.n))
+
+
+def _orthodev(rows: np.ndarray, ood: np.ndarray, scale: float, what: str) -> float:
+    """``mean_c |cos(rows_c, ood)|``; raises when a vector is zero to working precision.
+
+    ``scale`` is the RMS norm of the features the vectors were averaged from; a vector
+    shorter than ``ZERO_RTOL * scale`` is rounding noise and has no direction.
+    """
+    rn = np.linalg.norm(rows, axis=1)  # (C,)
+    on = float(np.linalg.norm(ood))
+    tol = ZERO_RTOL * scale
+    if on <= tol:
         raise ShapeError(
-            "NC5 is undefined: the OOD mean or a class mean is the zero vector (cosine of a "
-            "zero vector); check the features"
+            f"{what} is undefined: the OOD mean vector has norm {on:.3g}, zero to working "
+            f"precision (at most {ZERO_RTOL:g} x the feature scale {scale:.3g}), so it has "
+            "no direction; check the OOD features (an OOD set centred on the ID data has no "
+            "NC5)"
         )
-    return float(np.mean(np.abs(means @ ood_mean) / (mn * on)))
+    if np.any(rn <= tol):
+        bad = np.flatnonzero(rn <= tol)
+        raise ShapeError(
+            f"{what} is undefined: class mean vector(s) {bad.tolist()[:10]} have norm "
+            f"{float(rn[bad[0]]):.3g}, zero to working precision (at most {ZERO_RTOL:g} x "
+            f"the feature scale {scale:.3g}); check the ID features"
+        )
+    return float(np.mean(np.abs(rows @ ood) / (rn * on)))
 
 
-def _nc5_inputs(features, labels, ood_features, stats, chunk_size):
+def _nc5_stats(features, labels, stats: ClassStats | None, chunk_size) -> ClassStats:
     if stats is None:
-        feats = _check_features(features)
-        _, _, stats = _build_stats(feats, labels, None, chunk_size=chunk_size, second_moment=False)
-    stats.require_classes(1)
-    ood_mean = _mean_rows(ood_features, "ood_features", chunk_size)
-    if ood_mean.shape[0] != stats.dim:
-        raise ShapeError(
-            f"ood_features have {ood_mean.shape[0]} features, but the ID features have "
-            f"{stats.dim}; extract both from the same layer"
+        stats = ClassStats.from_features(
+            features, labels, chunk_size=chunk_size, second_moment=False
         )
-    return stats, ood_mean
+    stats.require_classes(1)
+    return stats
 
 
 def nc5(
@@ -484,9 +529,16 @@ def nc5(
         ood_features: ``(m, D)``.
         stats: class statistics of the ID features (optional).
         chunk_size: rows per chunk.
+
+    Raises:
+        ShapeError: the OOD mean or a class mean is zero to working precision (norm at
+            most ``ZERO_RTOL`` times the RMS feature norm): its cosine is undefined.
     """
-    stats, ood_mean = _nc5_inputs(features, labels, ood_features, stats, chunk_size)
-    return _orthodev(stats.means, ood_mean)
+    stats = _nc5_stats(features, labels, stats, chunk_size)
+    zero = np.zeros(stats.dim)
+    ood_mean, ood_rms = _mean_rows(ood_features, "ood_features", zero, chunk_size)
+    scale = max(_rms_about(stats, zero), ood_rms)
+    return _orthodev(stats.means, ood_mean, scale, "NC5")
 
 
 def nc5_centred(
@@ -502,10 +554,23 @@ def nc5_centred(
     Not NECO's definition: it measures the OOD mean's offset from the ID centre against
     the simplex directions ``mu_c - mu_G``, which removes the shared (e.g. post-ReLU
     positive) component that makes uncentred cosines large for any input.
+
+    ``mu_G`` is the mean of the class means (not of the samples), as in NC1-NC3. All
+    means are formed about the statistics' shift, so a large common offset cancels.
+
+    Raises:
+        ShapeError: the OOD mean lies at the ID centre ``mu_G``, or a class mean does,
+            to working precision (distance at most ``ZERO_RTOL`` times the RMS feature
+            norm about the shift): the cosine has no defined value there.
     """
-    stats, ood_mean = _nc5_inputs(features, labels, ood_features, stats, chunk_size)
-    mu_g = stats.global_mean
-    return _orthodev(stats.means - mu_g, ood_mean - mu_g)
+    stats = _nc5_stats(features, labels, stats, chunk_size)
+    # everything about the statistics' shift, so a large common offset cancels exactly
+    shift = stats._shift()
+    ood_mean, ood_rms = _mean_rows(ood_features, "ood_features", shift, chunk_size)
+    class_means = stats.sums / stats.counts[:, None]  # (C, D) about the shift
+    mu_g = class_means.mean(axis=0)  # the mean of the class means, not of the samples
+    scale = max(_rms_about(stats, shift), ood_rms)
+    return _orthodev(class_means - mu_g, ood_mean - mu_g, scale, "nc5_centred")
 
 
 # ---------------------------------------------------------------------- output

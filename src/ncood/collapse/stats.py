@@ -16,14 +16,65 @@ not fit; it supports everything except the covariance methods.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ncood.errors import ShapeError
 from ncood.validation import as_labels, check_finite
 
-DEFAULT_CHUNK = 16384
+# The one chunking policy of the toolkit (statistics, detectors, collapse metrics): a chunk
+# of rows holds about 2^22 float64 values (32 MiB), so a pass over a memory-mapped
+# (n, D) array never converts more than that to float64 at a time.
+CHUNK_VALUES = 1 << 22
+
+
+def chunk_rows(dim: int, chunk_size: int | None = None) -> int:
+    """Rows per chunk for features of width ``dim``.
+
+    Args:
+        dim: feature width D.
+        chunk_size: rows asked for by the caller; ``None`` for the default. Either way
+            the result is capped at the memory budget (``CHUNK_VALUES // dim`` rows) and
+            is at least 1.
+    """
+    budget = max(1, CHUNK_VALUES // max(1, int(dim)))
+    return budget if chunk_size is None else max(1, min(int(chunk_size), budget))
+
+
+def iter_chunks(n: int, rows: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive row blocks covering ``range(n)``."""
+    for start in range(0, n, rows):
+        yield start, min(n, start + rows)
+
+
+def check_2d(arr, name: str) -> Any:
+    """Check that ``arr`` is a non-empty 2-D array-like without copying it (memmap-safe)."""
+    if arr is None:
+        raise ShapeError(f"{name} is required; pass an array (n_samples, n_columns)")
+    if not hasattr(arr, "shape") or not hasattr(arr, "__getitem__"):
+        arr = np.asarray(arr)
+    if len(arr.shape) != 2:
+        raise ShapeError(
+            f"{name} must be a 2-D array (n_samples, n_columns); got shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ShapeError(f"{name} is empty (0 samples); pass at least one sample")
+    return arr
+
+
+def read_chunk(arr, start: int, stop: int, name: str) -> np.ndarray:
+    """Rows ``start:stop`` of ``arr`` as finite float64; NaN/inf name the global index."""
+    block = np.asarray(arr[start:stop], dtype=np.float64)
+    if not np.isfinite(block).all():
+        bad = np.argwhere(~np.isfinite(block))
+        raise ShapeError(
+            f"{name} contains {len(bad)} NaN/inf value(s) in rows {start}..{stop - 1} (first "
+            f"at index {[int(bad[0][0]) + start, *map(int, bad[0][1:])]}); check the model "
+            "output or drop those samples"
+        )
+    return block
 
 
 class ClassStats:
@@ -66,25 +117,36 @@ class ClassStats:
         labels,
         num_classes: int | None = None,
         *,
-        chunk_size: int = DEFAULT_CHUNK,
+        chunk_size: int | None = None,
         second_moment: bool = True,
+        name: str = "features",
     ) -> ClassStats:
         """Accumulate statistics over ``features (n, D)`` / ``labels (n,)`` in chunks.
 
-        ``features`` may be a memory-mapped array; only ``chunk_size`` rows are held in
-        float64 at a time. ``second_moment=False`` skips the ``(D, D)`` matrix.
+        The one builder of class statistics from an array: detectors, collapse metrics,
+        the pipeline and the distributed helpers all call it. ``features`` may be a
+        memory-mapped array (or any object with ``.shape`` and row slicing); only one
+        chunk (:func:`chunk_rows`) is held in float64 at a time.
+
+        Args:
+            features: ``(n, D)`` array-like.
+            labels: ``(n,)`` ints in ``[0, num_classes)``.
+            num_classes: C; default ``max(labels) + 1``.
+            chunk_size: rows per chunk (default: the :func:`chunk_rows` budget).
+            second_moment: accumulate the ``(D, D)`` matrix (``False``: ``O(C D)`` memory).
+            name: what to call the features in error messages.
+
+        Raises:
+            ShapeError: not a non-empty 2-D array, labels of another length or out of
+                range, NaN/inf (naming the first bad index).
         """
-        feats = np.asarray(features) if not isinstance(features, np.ndarray) else features
-        if feats.ndim != 2 or feats.shape[0] == 0:
-            raise ShapeError(
-                f"features must be a non-empty 2-D array (n_samples, n_features); "
-                f"got shape {feats.shape}"
-            )
-        y = as_labels(labels, feats.shape[0])
+        feats = check_2d(features, name)
+        n, d = feats.shape
+        y = as_labels(labels, n, num_classes=num_classes)
         c = int(y.max()) + 1 if num_classes is None else int(num_classes)
-        stats = cls(c, feats.shape[1], second_moment=second_moment)
-        for start in range(0, feats.shape[0], chunk_size):
-            stats.update(feats[start : start + chunk_size], y[start : start + chunk_size])
+        stats = cls(c, d, second_moment=second_moment)
+        for start, stop in iter_chunks(n, chunk_rows(d, chunk_size)):
+            stats.update(read_chunk(feats, start, stop, name), y[start:stop])
         return stats
 
     @classmethod
@@ -96,7 +158,11 @@ class ClassStats:
         *,
         second_moment: bool = True,
     ) -> ClassStats:
-        """Accumulate from an iterable of ``(features, labels)`` batches."""
+        """Accumulate from an iterable of ``(features, labels)`` batches.
+
+        For data that arrive as a stream (a DataLoader, shards read one by one) rather
+        than as one array; arrays go through :meth:`from_features`.
+        """
         stats = cls(num_classes, dim, second_moment=second_moment)
         for feats, labels in batches:
             stats.update(feats, labels)
@@ -288,3 +354,16 @@ class ClassStats:
     def total_cov(self) -> np.ndarray:
         """Covariance of all features about their sample mean, divided by N ``(D, D)``."""
         return self.scatter_about(self.mean) / self.n
+
+    def constant_features(self) -> np.ndarray:
+        """``(D,)`` bool: features whose variance is zero to working precision.
+
+        scikit-learn's ``StandardScaler`` rule: a variance within the rounding error of its
+        own computation, ``var <= n eps var + (n eps mean)^2``, counts as zero (e.g. a ReLU
+        unit dead on every train sample).
+        """
+        self.require_second_moment("constant_features")
+        eps = np.finfo(np.float64).eps
+        n = self.n
+        var = np.diag(self.total_cov())
+        return var <= n * eps * var + (n * eps * self.mean) ** 2

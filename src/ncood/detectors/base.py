@@ -17,25 +17,36 @@ Contract (DESIGN.md section 3), scikit-learn style:
 
 Features may be large memory-mapped float32 arrays: every pass reads ``chunk_rows``
 rows at a time (only ``.shape`` and row slicing are used), converts that chunk to
-float64, and never holds more.
+float64, and never holds more. The chunking policy and the class-statistics builder are
+the ones of :mod:`ncood.collapse.stats` (re-exported here for the detector modules).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ncood.collapse.stats import ClassStats
+from ncood.collapse.stats import ClassStats, check_2d, chunk_rows, iter_chunks, read_chunk
 from ncood.errors import ConfigError, NotFittedError, ShapeError
 from ncood.registry import Registry, closest
 from ncood.types import LinearHead
-from ncood.validation import as_labels, check_width
+from ncood.validation import check_width
 
-# Rows per chunk are chosen so a float64 chunk holds about 2^22 values (32 MiB).
-CHUNK_VALUES = 1 << 22
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "check_2d",
+    "chunk_rows",
+    "eigen_cutoff",
+    "create_detector",
+    "detector_class",
+    "iter_chunks",
+    "list_detectors",
+    "read_chunk",
+    "register_detector",
+]
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
 
@@ -81,55 +92,15 @@ def create_detector(name: str, /, **params: Any) -> Detector:
     return cls(**params)
 
 
-# --------------------------------------------------------------------------- helpers
-def chunk_rows(dim: int) -> int:
-    """Rows per chunk for features of width ``dim``."""
-    return max(1, CHUNK_VALUES // max(1, dim))
+def eigen_cutoff(max_eigenvalue: float, dim: int) -> float:
+    """Eigenvalues of a ``(dim, dim)`` float64 covariance at or below this are zero.
 
-
-def iter_chunks(n: int, rows: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` of consecutive row blocks covering ``range(n)``."""
-    for start in range(0, n, rows):
-        yield start, min(n, start + rows)
-
-
-def read_chunk(arr, start: int, stop: int, name: str) -> np.ndarray:
-    """Rows ``start:stop`` of ``arr`` as finite float64; NaN/inf name the global index."""
-    block = np.asarray(arr[start:stop], dtype=np.float64)
-    if not np.isfinite(block).all():
-        bad = np.argwhere(~np.isfinite(block))
-        raise ShapeError(
-            f"{name} contains {len(bad)} NaN/inf value(s) in rows {start}..{stop - 1} (first "
-            f"at index {[int(bad[0][0]) + start, *map(int, bad[0][1:])]}); check the model "
-            "output or drop those samples"
-        )
-    return block
-
-
-def check_2d(arr, name: str) -> Any:
-    """Check that ``arr`` is a non-empty 2-D array-like without copying it (memmap-safe)."""
-    if arr is None:
-        raise ShapeError(f"{name} is required; pass an array (n_samples, n_columns)")
-    if not hasattr(arr, "shape") or not hasattr(arr, "__getitem__"):
-        arr = np.asarray(arr)
-    if len(arr.shape) != 2:
-        raise ShapeError(
-            f"{name} must be a 2-D array (n_samples, n_columns); got shape {arr.shape}"
-        )
-    if arr.shape[0] == 0:
-        raise ShapeError(f"{name} is empty (0 samples); pass at least one sample")
-    return arr
-
-
-def class_stats_of(features, labels, num_classes: int) -> ClassStats:
-    """Accumulate :class:`ClassStats` over ``features (n, D)`` in chunks (memmap-safe)."""
-    features = check_2d(features, "features")
-    n, d = features.shape
-    y = as_labels(labels, n, num_classes=num_classes)
-    stats = ClassStats(num_classes, d)
-    for start, stop in iter_chunks(n, chunk_rows(d)):
-        stats.update(read_chunk(features, start, stop, "train features"), y[start:stop])
-    return stats
+    ``dim * eps * max_eigenvalue``: the default cut-off of ``scipy.linalg.pinvh`` and
+    ``numpy.linalg.matrix_rank``, the size of the rounding error of forming and
+    decomposing the matrix. Used for the pseudo-inverse of Mahalanobis and for the
+    numerical rank that bounds ViM's ``dim``.
+    """
+    return dim * np.finfo(np.float64).eps * max(float(max_eigenvalue), 0.0)
 
 
 # --------------------------------------------------------------------------- base class
@@ -164,6 +135,16 @@ class Detector:
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as passed (or defaulted) to the constructor."""
         return {k: getattr(self, k) for k in self.param_names()}
+
+    @classmethod
+    def params_for_width(cls, params: dict[str, Any], width: int) -> dict[str, Any]:
+        """Hyperparameters for features of width ``width`` (e.g. an earlier layer's).
+
+        ``params`` were chosen for the penultimate features; a detector whose
+        hyperparameters are bounded by the width (a subspace dimension) overrides this to
+        bring them into range. Default: unchanged.
+        """
+        return dict(params)
 
     def fitted_info(self) -> dict[str, Any]:
         """Scalar fitted attributes (e.g. ``dim_``, ``alpha_``) as plain Python values."""
@@ -223,7 +204,9 @@ class Detector:
                     f"{self.name} needs the train features and labels (or precomputed "
                     "stats=ClassStats) to fit"
                 )
-            stats = class_stats_of(features, labels, head.num_classes)
+            stats = ClassStats.from_features(
+                features, labels, head.num_classes, name="train features"
+            )
         if self.needs_train_features and features is None:
             raise ShapeError(
                 f"{self.name} needs the train features to fit (one chunked pass over them), "

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ncood import __version__
-from ncood.detectors.base import Detector, class_stats_of, create_detector
+from ncood.collapse.stats import ClassStats
+from ncood.detectors.base import Detector, create_detector
 from ncood.errors import ShapeError
 from ncood.metrics import CONVENTIONS, ood_metrics
 from ncood.types import FeatureDir, load_feature_dir
@@ -98,7 +99,9 @@ def evaluate(
         if fd.train.labels is None:
             raise ShapeError("the train split has no labels; Mahalanobis/ViM/NECO need them")
         t0 = time.perf_counter()
-        stats = class_stats_of(fd.train.features, fd.train.labels, fd.head.num_classes)
+        stats = ClassStats.from_features(
+            fd.train.features, fd.train.labels, fd.head.num_classes, name="train features"
+        )
         stats_s = time.perf_counter() - t0
 
     out: dict[str, Any] = {}

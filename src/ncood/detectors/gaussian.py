@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.linalg import eigh
 
-from ncood.detectors.base import Detector, register_detector
+from ncood.detectors.base import Detector, eigen_cutoff, register_detector
+
+log = logging.getLogger(__name__)
 
 
 def whitening_factor(cov: np.ndarray) -> np.ndarray:
     """``L (D, r)`` with ``L L^T = pinvh(cov)``, from one symmetric eigendecomposition.
 
-    Eigenvalues at or below ``D * eps * max(eigenvalue)`` are treated as zero and their
-    directions dropped -- the cutoff ``scipy.linalg.pinvh`` uses by default, so
-    ``L L^T`` equals ``pinvh(cov)`` (up to rounding) also for rank-deficient ``cov``.
+    Eigenvalues at or below ``D * eps * max(eigenvalue)`` (:func:`eigen_cutoff`) are
+    treated as zero and their directions dropped -- the cutoff ``scipy.linalg.pinvh``
+    uses by default, so ``L L^T`` equals ``pinvh(cov)`` (up to rounding) also for
+    rank-deficient ``cov``.
     """
     evals, evecs = eigh(cov)  # ascending
-    cutoff = cov.shape[0] * np.finfo(np.float64).eps * max(float(evals[-1]), 0.0)
-    keep = evals > cutoff
+    keep = evals > eigen_cutoff(evals[-1], cov.shape[0])
     return evecs[:, keep] / np.sqrt(evals[keep])  # (D, r)
 
 
@@ -39,11 +43,17 @@ class Mahalanobis(Detector):
     of the class means ``m`` first keeps that expansion free of cancellation from the
     large common offset of post-ReLU features.
 
+    Constant train features (zero variance, e.g. ReLU units dead on every train sample;
+    :meth:`ClassStats.constant_features`) carry no information: the pseudo-inverse drops
+    their directions, and a warning names them (docs/errors.md, row 6).
+
     Fitted attributes:
         means_: ``(C, D)`` class means.
         whitener_: ``(D, r)`` ``L`` with ``L L^T = P``; ``r`` = rank of the covariance.
         center_: ``(D,)`` mean of the class means (subtracted before whitening).
         white_means_: ``(C, r)`` whitened, centred class means.
+        rank_: ``r``.
+        n_constant_: number of constant (zero-variance) train features.
     """
 
     uses_stats = True
@@ -59,6 +69,17 @@ class Mahalanobis(Detector):
         self.white_means_ = (self.means_ - self.center_) @ self.whitener_  # (C, r)
         self._sq_means = np.einsum("cr,cr->c", self.white_means_, self.white_means_)  # (C,)
         self.rank_ = int(self.whitener_.shape[1])
+        constant = np.flatnonzero(stats.constant_features())
+        self.n_constant_ = int(constant.size)
+        if constant.size:
+            log.warning(
+                "mahalanobis: %d train feature(s) are constant (e.g. dead ReLU units; columns "
+                "%s%s); they carry no information and the pseudo-inverse drops their "
+                "directions",
+                constant.size,
+                constant[:10].tolist(),
+                "..." if constant.size > 10 else "",
+            )
 
     @property
     def precision_(self) -> np.ndarray:

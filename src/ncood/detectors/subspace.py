@@ -12,6 +12,7 @@ from scipy.special import logsumexp
 from ncood.detectors.base import (
     Detector,
     chunk_rows,
+    eigen_cutoff,
     iter_chunks,
     read_chunk,
     register_detector,
@@ -35,6 +36,14 @@ def vim_default_dim(d: int) -> int:
     return d // 2
 
 
+def _halve_dim(params, width: int) -> dict:
+    """``params`` with a ``dim`` of at least ``width`` replaced by ``max(1, width // 2)``."""
+    out = dict(params)
+    if out.get("dim") is not None and out["dim"] >= width:
+        out["dim"] = max(1, width // 2)
+    return out
+
+
 @register_detector("vim")
 class ViM(Detector):
     """Virtual-logit matching.
@@ -49,11 +58,23 @@ class ViM(Detector):
     The covariance comes from streaming class statistics; alpha needs one more chunked
     pass over the train features (so ``fit`` reads ``features`` even with ``stats``).
 
+    Numerical rank. The residual must hold real variation: beyond the numerical rank of
+    ``(Z - u)^T (Z - u) / N`` -- the number of its eigenvalues above ``D * eps *
+    max eigenvalue`` (:func:`~ncood.detectors.base.eigen_cutoff`, ``pinvh``'s cut-off) --
+    the train residual norms are rounding noise (~1e-7) and alpha explodes (~1e15). This
+    happens when many ReLU units are dead, e.g. with the default ``dim = D // 2``. So
+    ``dim`` must be below that rank: an explicit ``dim`` at or above it raises
+    :class:`~ncood.errors.ConfigError` (naming ``dim``, the rank and the largest valid
+    ``dim``); the default ``dim`` (``dim=None``) is capped to ``rank - 1`` with a logged
+    warning. A rank below 2 leaves no valid ``dim`` and raises.
+
     Args:
-        dim: dimension of the principal subspace, ``1 <= dim < D``; ``None`` picks
-            :func:`vim_default_dim` (1000 if D >= 2048, 512 if D >= 768, else D // 2).
+        dim: dimension of the principal subspace, ``1 <= dim < rank <= D``; ``None``
+            picks :func:`vim_default_dim` (1000 if D >= 2048, 512 if D >= 768, else
+            D // 2), capped to ``rank - 1``.
 
     Fitted attributes:
+        rank_: numerical rank of ``(Z - u)^T (Z - u) / N``.
         dim_: the principal dimension used.
         origin_: ``u (D,)``.
         residual_: ``R (D, D - dim_)``, eigenvectors of the ``D - dim_`` smallest eigenvalues.
@@ -69,6 +90,11 @@ class ViM(Detector):
             check_number(dim, "dim", "ViM", kind=numbers.Integral, low=1)
         self.dim = dim
 
+    @classmethod
+    def params_for_width(cls, params, width):
+        """A ``dim`` of at least ``width`` becomes ``max(1, width // 2)`` (needs dim < D)."""
+        return _halve_dim(params, width)
+
     def _fit(self, features, labels, head, stats) -> None:
         d = head.dim
         dim = vim_default_dim(d) if self.dim is None else int(self.dim)
@@ -78,10 +104,37 @@ class ViM(Detector):
                 f"dim={dim} for D={d} features; choose 1 <= dim < {d} (or dim=None for the "
                 "default)"
             )
-        self.dim_ = dim
         self.origin_ = -np.linalg.pinv(head.weight) @ head.bias  # (D,)
         cov = stats.scatter_about(self.origin_) / stats.n  # (D, D)
-        _, evecs = eigh(cov)  # eigenvalues ascending: the top `dim` are the LAST columns
+        evals, evecs = eigh(cov)  # eigenvalues ascending: the top `dim` are the LAST columns
+        rank = int(np.count_nonzero(evals > eigen_cutoff(evals[-1], d)))
+        self.rank_ = rank
+        if dim >= rank:
+            if rank < 2:
+                raise ConfigError(
+                    f"ViM needs train features that vary in at least 2 directions about the "
+                    f"origin u; these span {rank} (numerical rank of (Z - u)^T (Z - u) / N, "
+                    f"D={d}), so no 'dim' leaves a residual; check the features"
+                )
+            if self.dim is not None:
+                raise ConfigError(
+                    f"The 'dim' parameter of ViM must be below the numerical rank of the "
+                    f"train features about the origin u: got dim={dim}, but they span only "
+                    f"{rank} of D={d} directions (eigenvalues above D * eps * max), so the "
+                    f"residual would be rounding noise; choose dim <= {rank - 1}, or dim=None "
+                    "to cap the default automatically"
+                )
+            log.warning(
+                "vim: the default dim=%d (D=%d) is at or above the numerical rank %d of the "
+                "train features about the origin u (e.g. dead ReLU units); using dim=%d so "
+                "that the residual holds real variation",
+                dim,
+                d,
+                rank,
+                rank - 1,
+            )
+            dim = rank - 1
+        self.dim_ = dim
         self.residual_ = np.ascontiguousarray(evecs[:, : d - dim])  # (D, D - dim)
         # alpha: one chunked pass over the train features
         max_logit_sum = 0.0
@@ -172,6 +225,11 @@ class NECO(Detector):
         self.variance = variance
         self.use_maxlogit = bool(use_maxlogit)
 
+    @classmethod
+    def params_for_width(cls, params, width):
+        """A ``dim`` of at least ``width`` becomes ``max(1, width // 2)``."""
+        return _halve_dim(params, width)
+
     @property
     def uses_logits(self) -> bool:  # type: ignore[override]
         return self.use_maxlogit
@@ -181,11 +239,9 @@ class NECO(Detector):
         cov = stats.total_cov()  # (D, D), population (/N) like StandardScaler
         mean = stats.mean
         var = np.diag(cov).copy()
-        # Constant features as scikit-learn's StandardScaler detects them: a variance
-        # within the rounding error of its computation (n * eps * var + (n * eps * mean)^2).
-        eps = np.finfo(np.float64).eps
-        n = stats.n
-        constant = var <= n * eps * var + (n * eps * mean) ** 2
+        # constant features as scikit-learn's StandardScaler detects them (a variance
+        # within the rounding error of its own computation)
+        constant = stats.constant_features()
         scale = np.sqrt(np.where(constant, 1.0, var))
         if constant.any():
             idx = np.flatnonzero(constant)
