@@ -367,14 +367,41 @@ def test_chunked_fit_and_score_equal_one_block(small, monkeypatch, tmp_path):
         )
 
 
-def test_precomputed_stats_feed_rmds_dice_nci_fdbd(small):
+def test_precomputed_stats_give_the_same_fit(small):
     stats = ClassStats.from_features(small.Z, small.y, 5)
     for name in ("rmds", "dice", "nci", "fdbd"):
         ref = create_detector(name).fit(small.Z, small.y, small.head)
-        det = create_detector(name).fit(None, None, small.head, stats=stats)
+        features = small.Z if detector_class(name).needs_train_features else None
+        det = create_detector(name).fit(features, None, small.head, stats=stats)
         np.testing.assert_allclose(
             det.score(small.X, small.F), ref.score(small.X, small.F), rtol=1e-9, err_msg=name
         )
+
+
+def test_label_free_detectors_fit_without_labels(small):
+    for name in ("dice", "nci", "fdbd", "knn", "nnguide", "kl_matching", "scale"):
+        ref = create_detector(name).fit(small.Z, small.y, small.head)
+        det = create_detector(name).fit(small.Z, None, small.head)
+        np.testing.assert_array_equal(det.score(small.X, small.F), ref.score(small.X, small.F))
+
+
+def test_evaluate_runs_every_detector_with_shared_statistics(relu_blobs):
+    """evaluate() computes class statistics once and passes train features only to
+    detectors that need them: every registered detector must fit that way."""
+    from ncood.detectors import evaluate
+    from ncood.types import FeatureDir, FeatureSet
+
+    z, y, head, x, o = relu_blobs
+    fd = FeatureDir(
+        train=FeatureSet(z, head.logits(z), y, "train"),
+        test=FeatureSet(x, head.logits(x), None, "test"),
+        ood={"spikes": FeatureSet(o, head.logits(o), None, "ood")},
+        head=head,
+    )
+    res = evaluate(fd, list_detectors())
+    assert set(res["detectors"]) == set(list_detectors())
+    for name, r in res["detectors"].items():
+        assert r["ood"]["spikes"]["auroc"] > 0.9, name
 
 
 # --------------------------------------------------------------------------- registry contract

@@ -199,6 +199,7 @@ class DICE(Detector):
 
     uses_features = True
     uses_logits = False
+    needs_train_features = True  # the train mean (one pass; stats.mean when also given)
     grid: ClassVar[dict[str, list]] = {"p": [10, 30, 50, 70, 90]}
 
     def __init__(self, *, p: float = 90.0) -> None:

@@ -3,8 +3,9 @@
 RMDS (relative Mahalanobis distance), fDBD (distance to the decision boundaries), NCI
 (neural-collapse inspired alignment with the predicted class's weight) and SHE (inner
 product with the predicted class's stored pattern). RMDS is a function of the streaming
-class statistics; fDBD and NCI need only the train mean (one chunked pass, or
-``stats.mean`` when statistics are given); SHE needs one pass with labels and the head.
+class statistics; fDBD and NCI need only the train mean (one chunked pass without
+labels; ``stats.mean`` when statistics are passed too); SHE needs one pass with labels
+and the head.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class FDBD(Detector):
     """
 
     uses_logits = True
+    needs_train_features = True  # the train mean (one pass; stats.mean when also given)
     grid: ClassVar[dict[str, list]] = {"distance_as_normalizer": [True, False]}
 
     def __init__(self, *, distance_as_normalizer: bool = True) -> None:
@@ -180,6 +182,7 @@ class NCI(Detector):
     """
 
     uses_logits = True
+    needs_train_features = True  # the train mean (one pass; stats.mean when also given)
     grid: ClassVar[dict[str, list]] = {"alpha": [1e-4, 1e-3, 1e-2, 1e-1]}
 
     def __init__(self, *, alpha: float = 1e-4) -> None:
