@@ -340,7 +340,7 @@ def fpr_at_tpr_point(id_scores, ood_scores, tpr: float = 0.95) -> OperatingPoint
 # tie groups of the original scores (no Python loop over replicates), and equal -- to
 # rounding, tested at 1e-12 -- the metric functions above applied to the resampled scores.
 
-_BLOCK_ELEMENTS = 1 << 19  # resampled values held per block of replicates (~4 MB / array)
+_BLOCK_ELEMENTS = 1 << 16  # resampled values per block of replicates (work arrays stay small)
 
 
 class _IntervalTuple(NamedTuple):
@@ -424,91 +424,102 @@ def _k_of(tpr: float, n_id: int) -> int:
     return math.floor(tpr * n_id + 1e-9)
 
 
-class _Groups:
-    """The tie groups of one (ID, OOD) score pair, highest score first.
+class _Replicates:
+    """Bootstrap replicate metrics of one (ID, OOD) score pair, a block of replicates at a time.
 
-    ``gid_id[i]`` / ``gid_ood[j]``: the group (distinct pooled score value) of each sample,
-    0 for the highest score. Replicate counts per group are all the metrics need.
+    The scores are reduced once to tie groups (distinct pooled values, group 0 the
+    highest): ``gid_id[i]`` / ``gid_ood[j]`` is the group of each sample. A replicate is
+    then its count of ID and of OOD samples per group, and every metric a few passes over
+    ``(b, m)`` arrays. The same curves as the single-pair functions: a group absent from a
+    replicate repeats the previous curve point and adds no area, so summing over all
+    groups of the original scores equals summing over the distinct resampled values.
+
+    Work arrays are allocated once and reused by every block: allocating them per block
+    cost more than the arithmetic (page faults), 0.9 s vs 0.5 s at 10k + 10k, B = 1000.
     """
 
-    def __init__(self, s_id: np.ndarray, s_ood: np.ndarray):
-        inverse = np.unique(np.concatenate([s_id, s_ood]), return_inverse=True)[1]
-        self.m = int(inverse.max()) + 1
-        desc = (self.m - 1) - inverse.ravel()  # (n_id + n_ood,) descending group index
+    def __init__(self, s_id: np.ndarray, s_ood: np.ndarray, b_max: int):
+        inverse = np.unique(np.concatenate([s_id, s_ood]), return_inverse=True)[1].ravel()
+        self.m = m = int(inverse.max()) + 1
+        desc = (m - 1) - inverse  # (n_id + n_ood,) descending group index
         self.gid_id, self.gid_ood = desc[: s_id.size], desc[s_id.size :]
         self.n_id, self.n_ood = s_id.size, s_ood.size
+        self.row_offset = (np.arange(b_max) * m)[:, None]  # (b_max, 1) flat index of a row
+        self.take_id = np.empty((b_max, self.n_id), dtype=np.intp)
+        self.take_ood = np.empty((b_max, self.n_ood), dtype=np.intp)
+        self.cid, self.cood = np.empty((b_max, m)), np.empty((b_max, m))
+        self.ige, self.oge, self.tot, self.ratio, self.num = (
+            np.empty((b_max, m + 1)) for _ in range(5)
+        )
+        self.ige[:, 0] = self.oge[:, 0] = 0.0
 
+    def _counts(self, gid, idx, take, out) -> np.ndarray:
+        """``(b, m)`` float64: resampled samples of each replicate in each group."""
+        b = idx.shape[0]
+        flat = np.take(gid, idx, out=take[:b])  # (b, n) group of every resampled sample
+        flat += self.row_offset[:b]  # one flat scatter for the whole block
+        counts = out[:b]
+        counts.fill(0.0)
+        np.add.at(counts.reshape(-1), flat.reshape(-1), 1.0)
+        return counts
 
-def _group_counts(gid: np.ndarray, idx: np.ndarray, m: int) -> np.ndarray:
-    """``(b, m)`` int64: how many resampled samples of each replicate fall in each group."""
-    b = idx.shape[0]
-    flat = gid[idx]  # (b, n) group of every resampled sample
-    flat += (np.arange(b, dtype=flat.dtype) * m)[:, None]  # row offsets: one bincount
-    return np.bincount(flat.ravel(), minlength=b * m).reshape(b, m)
-
-
-def _replicate_metrics(
-    g: _Groups, idx_id: np.ndarray, idx_ood: np.ndarray, metrics: tuple[str, ...]
-) -> dict[str, np.ndarray]:
-    """Metric values of a block of replicates: ``(b, n_id)`` and ``(b, n_ood)`` indices.
-
-    Same curves as the single-pair functions: a group absent from a replicate repeats the
-    previous curve point and adds no area, so summing over all groups of the original
-    scores equals summing over the distinct values of the resample.
-    """
-    n_id, n_ood, m = g.n_id, g.n_ood, g.m
-    b = idx_id.shape[0]
-    cid = _group_counts(g.gid_id, idx_id, m)  # (b, m) ID count per group
-    cood = _group_counts(g.gid_ood, idx_ood, m)  # (b, m)
-    # Cumulative counts with a leading zero column (float64, exact: integers < 2^53):
-    # ige[:, j] = ID samples in groups < j (score > value of group j), so ige[:, j + 1]
-    # counts score >= it; the same for oge with OOD.
-    ige = np.empty((b, m + 1))
-    oge = np.empty((b, m + 1))
-    ige[:, 0] = oge[:, 0] = 0.0
-    np.cumsum(cid, axis=1, out=ige[:, 1:])
-    np.cumsum(cood, axis=1, out=oge[:, 1:])
-    rows = np.arange(b)
-    out: dict[str, np.ndarray] = {}
-    if "auroc" in metrics:
-        # trapezoid over (fpr, tpr) = (oge / n_ood, ige / n_id): the area times
-        # 2 n_id n_ood is sum_g cood_g (ige_g + ige_{g+1}) = 2 sum cood ige_g + sum cood cid,
-        # a sum of integers (exact in float64), divided once.
-        twice = 2.0 * np.einsum("ij,ij->i", cood, ige[:, :-1]) + np.einsum("ij,ij->i", cood, cid)
-        out["auroc"] = twice / (2.0 * n_id * n_ood)
-    if "aupr_in" in metrics or "aupr_out" in metrics:
-        tot = ige + oge  # (b, m + 1) samples with score > value of group j
-    if "aupr_in" in metrics:
-        # points (recall, precision) = (ige / n_id, ige / tot) at columns 1..m after the
-        # start point (0, 1) at column 0; an empty prefix (tot == 0) repeats the start.
-        p = np.ones((b, m + 1))
-        np.divide(ige, tot, out=p, where=tot > 0)
-        area = np.einsum("ij,ij->i", cid, p[:, 1:]) + np.einsum("ij,ij->i", cid, p[:, :-1])
-        out["aupr_in"] = area / (2.0 * n_id)
-    if "aupr_out" in metrics:
-        # OOD positive, ranked by -score: group g comes after the groups below it, and
-        # the samples with score <= its value are those not in groups < g: n - tot[:, g]
-        # of which n_ood - oge[:, g] are OOD. Column m (nothing yet) is the start point.
-        rest = (n_id + n_ood) - tot
-        q = np.ones((b, m + 1))
-        np.divide(n_ood - oge, rest, out=q, where=rest > 0)
-        area = np.einsum("ij,ij->i", cood, q[:, :-1]) + np.einsum("ij,ij->i", cood, q[:, 1:])
-        out["aupr_out"] = area / (2.0 * n_ood)
-    if "fpr95_oodpos" in metrics:
-        # OpenOOD: in -score order, the first group whose OOD rate (n_ood - oge) / n_ood
-        # reaches 0.95, i.e. the last in descending order (group 0 always reaches it).
-        # c_min: the least OOD count passing the very float test of _fpr_oodpos.
-        c_min = int(np.argmax(np.arange(n_ood + 1, dtype=np.float64) / n_ood >= 0.95))
-        last = np.count_nonzero(oge[:, :-1] <= n_ood - c_min, axis=1) - 1
-        out["fpr95_oodpos"] = (n_id - ige[rows, last]) / n_id
-    if "fpr95" in metrics:
-        k = _k_of(0.95, n_id)
-        if k == 0:
-            out["fpr95"] = np.zeros(b)
-        else:
-            first = np.count_nonzero(ige[:, 1:] < k, axis=1)  # group of the k-th largest ID
-            out["fpr95"] = oge[rows, first + 1] / n_ood
-    return out
+    def block(self, idx_id, idx_ood, metrics) -> dict[str, np.ndarray]:
+        """Metric values of ``b`` replicates: ``(b, n_id)`` and ``(b, n_ood)`` indices."""
+        n_id, n_ood = self.n_id, self.n_ood
+        b = idx_id.shape[0]
+        cid = self._counts(self.gid_id, idx_id, self.take_id, self.cid)  # (b, m)
+        cood = self._counts(self.gid_ood, idx_ood, self.take_ood, self.cood)  # (b, m)
+        # Cumulative counts with a leading zero column (float64, exact: integers < 2^53):
+        # ige[:, j] = ID samples in groups < j (score > value of group j), so ige[:, j + 1]
+        # counts score >= it; the same for oge with OOD.
+        ige, oge = self.ige[:b], self.oge[:b]
+        np.cumsum(cid, axis=1, out=ige[:, 1:])
+        np.cumsum(cood, axis=1, out=oge[:, 1:])
+        rows = np.arange(b)
+        out: dict[str, np.ndarray] = {}
+        if "auroc" in metrics:
+            # trapezoid over (fpr, tpr) = (oge / n_ood, ige / n_id): the area times
+            # 2 n_id n_ood is sum_g cood_g (ige_g + ige_{g+1}) = 2 sum cood ige_g + sum cood
+            # cid, a sum of integers (exact in float64), divided once.
+            twice = 2.0 * np.einsum("ij,ij->i", cood, ige[:, :-1])
+            twice += np.einsum("ij,ij->i", cood, cid)
+            out["auroc"] = twice / (2.0 * n_id * n_ood)
+        if "aupr_in" in metrics or "aupr_out" in metrics:
+            tot = np.add(ige, oge, out=self.tot[:b])  # samples with score > group j's value
+        if "aupr_in" in metrics:
+            # points (recall, precision) = (ige / n_id, ige / tot) at columns 1..m after the
+            # start point (0, 1) at column 0; an empty prefix (tot == 0) repeats the start.
+            p = self.ratio[:b]
+            p.fill(1.0)
+            np.divide(ige, tot, out=p, where=tot > 0)
+            area = np.einsum("ij,ij->i", cid, p[:, 1:]) + np.einsum("ij,ij->i", cid, p[:, :-1])
+            out["aupr_in"] = area / (2.0 * n_id)
+        if "aupr_out" in metrics:
+            # OOD positive, ranked by -score: group g comes after the groups below it, and
+            # the samples with score <= its value are those not in groups < g: n - tot[:, g]
+            # of which n_ood - oge[:, g] are OOD. Column m (nothing yet) is the start point.
+            rest = np.subtract(n_id + n_ood, tot, out=tot)
+            num = np.subtract(n_ood, oge, out=self.num[:b])
+            q = self.ratio[:b]
+            q.fill(1.0)
+            np.divide(num, rest, out=q, where=rest > 0)
+            area = np.einsum("ij,ij->i", cood, q[:, :-1]) + np.einsum("ij,ij->i", cood, q[:, 1:])
+            out["aupr_out"] = area / (2.0 * n_ood)
+        if "fpr95_oodpos" in metrics:
+            # OpenOOD: in -score order, the first group whose OOD rate (n_ood - oge) / n_ood
+            # reaches 0.95, i.e. the last in descending order (group 0 always reaches it).
+            # c_min: the least OOD count passing the very float test of _fpr_oodpos.
+            c_min = int(np.argmax(np.arange(n_ood + 1, dtype=np.float64) / n_ood >= 0.95))
+            last = np.count_nonzero(oge[:, :-1] <= n_ood - c_min, axis=1) - 1
+            out["fpr95_oodpos"] = (n_id - ige[rows, last]) / n_id
+        if "fpr95" in metrics:
+            k = _k_of(0.95, n_id)
+            if k == 0:
+                out["fpr95"] = np.zeros(b)
+            else:
+                first = np.count_nonzero(ige[:, 1:] < k, axis=1)  # group of the k-th largest
+                out["fpr95"] = oge[rows, first + 1] / n_ood
+        return out
 
 
 def _block_sizes(n_boot: int, n_per_replicate: int):
@@ -558,15 +569,19 @@ def bootstrap_replicates(
 def _paired_replicates(pairs, n_boot: int, seed, metrics) -> list[dict[str, np.ndarray]]:
     """Replicates of each (ID, OOD) pair of ``pairs`` under the SAME resampled indices."""
     n_id, n_ood = pairs[0][0].size, pairs[0][1].size
-    groups = [_Groups(s_id, s_ood) for s_id, s_ood in pairs]
+    sizes = list(_block_sizes(n_boot, n_id + n_ood))
+    evaluators = [_Replicates(s_id, s_ood, sizes[0]) for s_id, s_ood in pairs]
+    out = [{k: np.empty(n_boot) for k in metrics} for _ in pairs]
     g_id, g_ood = bootstrap_generators(seed)
-    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in pairs]
-    for b in _block_sizes(n_boot, n_id + n_ood):
+    start = 0
+    for b in sizes:
         idx_id = g_id.integers(0, n_id, size=(b, n_id))  # (b, n_id)
         idx_ood = g_ood.integers(0, n_ood, size=(b, n_ood))  # (b, n_ood)
-        for part, g in zip(parts, groups, strict=True):
-            part.append(_replicate_metrics(g, idx_id, idx_ood, metrics))
-    return [{k: np.concatenate([p[k] for p in part]) for k in metrics} for part in parts]
+        for res, ev in zip(out, evaluators, strict=True):
+            for k, v in ev.block(idx_id, idx_ood, metrics).items():
+                res[k][start : start + b] = v
+        start += b
+    return out
 
 
 def bootstrap_ood_metrics(
