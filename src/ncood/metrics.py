@@ -26,6 +26,20 @@ Conventions (the same everywhere in ncood, and printed in every report footer):
 
 All functions take 1-D arrays, work in float64, sort once (``O(n log n)``), and handle
 10^6 scores in a fraction of a second.
+
+Uncertainty and the relation (DESIGN.md section 8):
+
+- :func:`bootstrap_ood_metrics`: percentile bootstrap intervals, ID and OOD resampled
+  separately; replicates vectorised (per-replicate counts on the tie groups) and equal
+  to the functions above applied to the resampled scores (:func:`bootstrap_replicates`,
+  draws documented in :func:`bootstrap_generators`).
+- :func:`paired_auroc_difference` + :func:`paired_verdict`: two detectors on the same
+  samples, the same resampled indices for both; "about equal" only when the interval of
+  the difference contains 0.
+- :func:`spearman_ci`: Spearman correlation over points with a bootstrap interval over
+  points -- descriptive, since the points are not independent.
+- :func:`mean_std`: mean and ``ddof=1`` standard deviation over seeds.
+- :func:`fpr_at_tpr_point`: the threshold and both rates behind ``fpr95``, for plots.
 """
 
 from __future__ import annotations
