@@ -22,7 +22,6 @@ import numbers
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ncood.detectors.base import Detector, chunk_rows, iter_chunks, read_chunk, register_detector
 from ncood.detectors.classwise import feature_mean
@@ -38,13 +37,10 @@ def kept_count(d: int, percentile: float) -> int:
     return d - int(np.round(d * percentile / 100.0))
 
 
-def top_k_mask(z: np.ndarray, k: int) -> np.ndarray:
-    """Boolean ``(b, D)``: the ``k`` largest entries of each row of ``z``."""
+def top_k_indices(z: np.ndarray, k: int) -> np.ndarray:
+    """Column indices ``(b, k)`` of the ``k`` largest entries of each row of ``z``."""
     d = z.shape[1]
-    idx = np.argpartition(z, d - k, axis=1)[:, d - k :]  # (b, k)
-    mask = np.zeros(z.shape, dtype=bool)
-    np.put_along_axis(mask, idx, True, axis=1)
-    return mask
+    return np.argpartition(z, d - k, axis=1)[:, d - k :]
 
 
 def sharpen_factor(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
@@ -53,8 +49,20 @@ def sharpen_factor(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return np.exp(ratio)
 
 
+def energy(logits: np.ndarray) -> np.ndarray:
+    """``logsumexp`` over the rows of ``logits (b, C)`` (finite input; ~3x faster than
+    scipy's, which also handles infinities and weights)."""
+    top = logits.max(axis=1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+
+
 class _Shaping(Detector):
-    """Shared fit/score of the percentile-pruning detectors (head + kept count)."""
+    """Shared fit/score of the percentile-pruning detectors (head + kept count).
+
+    Subclasses implement ``_logits(z, idx, kept)`` from the kept entries' indices
+    ``idx (b, k)`` and values ``kept (b, k)``; the head is applied once per chunk and
+    the per-sample factors are applied to the logits (``W (a z) = a (W z)``).
+    """
 
     uses_features = True
     uses_logits = False
@@ -77,17 +85,24 @@ class _Shaping(Detector):
         if features is not None:  # not used, but validated as every fit does (NaN/inf)
             n, d = features.shape
             for start, stop in iter_chunks(n, chunk_rows(d)):
-                read_chunk(features, start, stop, "train features")
+                if not np.isfinite(np.asarray(features[start:stop])).all():
+                    read_chunk(features, start, stop, "train features")  # raises, with where
         self.k_ = k
         self.weight_ = head.weight
         self.bias_ = head.bias
 
-    def _shape(self, z: np.ndarray) -> np.ndarray:
+    def _pruned(self, z, idx, values) -> np.ndarray:
+        out = np.zeros_like(z)
+        np.put_along_axis(out, idx, values, axis=1)
+        return out
+
+    def _logits(self, z, idx, kept) -> np.ndarray:
         raise NotImplementedError
 
     def _score(self, z, f):
-        logits = self._shape(z) @ self.weight_.T + self.bias_  # (b, C)
-        return logsumexp(logits, axis=1)
+        idx = top_k_indices(z, self.k_)  # (b, k)
+        kept = np.take_along_axis(z, idx, axis=1)  # (b, k)
+        return energy(self._logits(z, idx, kept))
 
 
 @register_detector("scale")
@@ -113,11 +128,9 @@ class SCALE(_Shaping):
     def __init__(self, *, percentile: float = 85.0) -> None:
         super().__init__(percentile=percentile)
 
-    def _shape(self, z):
-        mask = top_k_mask(z, self.k_)
-        s1 = z.sum(axis=1)
-        s2 = np.where(mask, z, 0.0).sum(axis=1)
-        return z * sharpen_factor(s1, s2)[:, None]
+    def _logits(self, z, idx, kept):
+        factor = sharpen_factor(z.sum(axis=1), kept.sum(axis=1))  # (b,)
+        return (z @ self.weight_.T) * factor[:, None] + self.bias_
 
 
 @register_detector("ash_s")
@@ -135,10 +148,9 @@ class ASHS(_Shaping):
 
     _label = "ASH-S"
 
-    def _shape(self, z):
-        mask = top_k_mask(z, self.k_)
-        pruned = np.where(mask, z, 0.0)
-        return pruned * sharpen_factor(z.sum(axis=1), pruned.sum(axis=1))[:, None]
+    def _logits(self, z, idx, kept):
+        factor = sharpen_factor(z.sum(axis=1), kept.sum(axis=1))  # (b,)
+        return (self._pruned(z, idx, kept) @ self.weight_.T) * factor[:, None] + self.bias_
 
 
 @register_detector("ash_p")
@@ -154,8 +166,8 @@ class ASHP(_Shaping):
 
     _label = "ASH-P"
 
-    def _shape(self, z):
-        return np.where(top_k_mask(z, self.k_), z, 0.0)
+    def _logits(self, z, idx, kept):
+        return self._pruned(z, idx, kept) @ self.weight_.T + self.bias_
 
 
 @register_detector("ash_b")
@@ -171,9 +183,9 @@ class ASHB(_Shaping):
 
     _label = "ASH-B"
 
-    def _shape(self, z):
-        fill = z.sum(axis=1, keepdims=True) / self.k_  # (b, 1)
-        return np.where(top_k_mask(z, self.k_), fill, 0.0)
+    def _logits(self, z, idx, kept):
+        fill = z.sum(axis=1) / self.k_  # (b,)
+        return (self._pruned(z, idx, 1.0) @ self.weight_.T) * fill[:, None] + self.bias_
 
 
 @register_detector("dice")
@@ -213,4 +225,4 @@ class DICE(Detector):
         self.bias_ = head.bias
 
     def _score(self, z, f):
-        return logsumexp(z @ self.weight_.T + self.bias_, axis=1)
+        return energy(z @ self.weight_.T + self.bias_)

@@ -45,8 +45,21 @@ def feature_mean(features, stats, owner: str) -> np.ndarray:
     n, d = features.shape
     total = np.zeros(d, dtype=np.float64)
     for start, stop in iter_chunks(n, chunk_rows(d)):
-        total += read_chunk(features, start, stop, "train features").sum(axis=0)
+        # summed in float64 without a float64 copy of the chunk; any NaN/inf entry makes
+        # its column sum non-finite, and read_chunk then raises naming where it is
+        block_sum = np.asarray(features[start:stop]).sum(axis=0, dtype=np.float64)
+        if not np.isfinite(block_sum).all():
+            read_chunk(features, start, stop, "train features")
+        total += block_sum
     return total / n
+
+
+def _class_sums(z: np.ndarray, labels: np.ndarray, c: int) -> np.ndarray:
+    """Per-class sums ``(C, D)`` of the rows of ``z (b, D)`` (one-hot product: BLAS beats
+    ``np.add.at`` and ``reduceat`` here)."""
+    onehot = np.zeros((c, len(labels)), dtype=np.float64)
+    onehot[labels, np.arange(len(labels))] = 1.0
+    return onehot @ z
 
 
 @register_detector("rmds")
@@ -235,34 +248,37 @@ class SHE(Detector):
         n, d = features.shape
         c = head.num_classes
         y = as_labels(labels, n, num_classes=c)
-        sums = np.zeros((2, c, d), dtype=np.float64)  # [correct, all]
-        counts = np.zeros((2, c), dtype=np.int64)
+        sums = np.zeros((c, d), dtype=np.float64)
+        counts = np.zeros(c, dtype=np.int64)
         for start, stop in iter_chunks(n, chunk_rows(d)):
             z = read_chunk(features, start, stop, "train features")  # (b, D)
             yb = y[start:stop]
-            correct = head.logits(z).argmax(axis=1) == yb
-            for j, keep in enumerate((correct, np.ones_like(correct))):
-                onehot = np.zeros((c, len(yb)), dtype=np.float64)
-                onehot[yb[keep], np.flatnonzero(keep)] = 1.0
-                sums[j] += onehot @ z
-                counts[j] += np.bincount(yb[keep], minlength=c)
-        if (counts[1] == 0).any():
-            missing = np.flatnonzero(counts[1] == 0)
+            correct = (z @ head.weight.T + head.bias).argmax(axis=1) == yb
+            sums += _class_sums(z[correct], yb[correct], c)
+            counts += np.bincount(yb[correct], minlength=c)
+        present = np.bincount(y, minlength=c) > 0
+        if not present.all():
+            missing = np.flatnonzero(~present)
             raise ShapeError(
                 f"SHE needs train samples of every class; classes {missing[:10].tolist()} "
                 "have none; pass labels covering all C classes of the head"
             )
-        use_all = counts[0] == 0
-        if use_all.any():
+        fallback = counts == 0
+        if fallback.any():  # rare: a second pass for the classes never predicted correctly
             log.warning(
                 "she: %d class(es) have no correctly classified train sample (e.g. %s); "
                 "their pattern is the mean of all their samples",
-                int(use_all.sum()),
-                np.flatnonzero(use_all)[:10].tolist(),
+                int(fallback.sum()),
+                np.flatnonzero(fallback)[:10].tolist(),
             )
-        which = use_all.astype(np.int64)  # 0 = correct only, 1 = all
-        self.patterns_ = sums[which, np.arange(c)] / counts[which, np.arange(c)][:, None]
-        self.n_correct_ = counts[0]
+            for start, stop in iter_chunks(n, chunk_rows(d)):
+                yb = y[start:stop]
+                rows = fallback[yb]
+                z = read_chunk(features, start, stop, "train features")[rows]
+                sums += _class_sums(z, yb[rows], c)
+                counts += np.bincount(yb[rows], minlength=c)
+        self.patterns_ = sums / counts[:, None]
+        self.n_correct_ = np.where(fallback, 0, counts)
 
     def _score(self, z, f):
         pred = f.argmax(axis=1)

@@ -281,8 +281,9 @@ class KLMatching(Detector):
         sums = np.zeros((c, c), dtype=np.float64)
         counts = np.zeros(c, dtype=np.int64)
         for start, stop in iter_chunks(n, chunk_rows(max(d, c))):
-            logits = head.logits(read_chunk(features, start, stop, "train features"))
-            p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))  # (b, C)
+            z = read_chunk(features, start, stop, "train features")
+            logits = z @ head.weight.T + head.bias  # (b, C)
+            p = np.exp(_log_softmax(logits))  # (b, C)
             pred = logits.argmax(axis=1)
             onehot = np.zeros((c, len(pred)), dtype=np.float64)
             onehot[pred, np.arange(len(pred))] = 1.0
