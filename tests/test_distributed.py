@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from ncood.collapse.stats import ClassStats
 from ncood.errors import CheckpointError, ConfigError
+from ncood.io import safe_name
 from ncood.types import FeatureSet, load_feature_dir
 
 WORLD = 2
@@ -114,30 +115,49 @@ def _fake_shard(directory: Path, rank: int, world: int, lo: int, hi: int, total:
 
 
 def test_sharded_feature_set_loads_as_one_and_detects_damage(tmp_path):
+    from ncood.distributed import load_shards
+
     d = tmp_path / "train"
     parts = [
         _fake_shard(d, 0, 3, 0, 4, 9),
         _fake_shard(d, 1, 3, 4, 7, 9),
         _fake_shard(d, 2, 3, 7, 9, 9),
     ]
-    fs = FeatureSet.load(d)
+    fs = load_shards(d)
     assert len(fs) == 9 and list(fs.layers) == ["b", "a"]  # depth order kept
     assert fs.meta == {"subset": {"n": None}}
     np.testing.assert_array_equal(fs.features, np.concatenate([p.features for p in parts]))
     np.testing.assert_array_equal(fs.layers["a"], np.concatenate([p.layers["a"] for p in parts]))
     np.testing.assert_array_equal(fs.labels, np.arange(9) % 2)
+    with pytest.raises(CheckpointError, match="no meta.json"):
+        FeatureSet.load(d)  # the plain reader knows nothing of shards
 
     (d / "shard_00001" / "meta.json").unlink()  # an incomplete shard
     with pytest.raises(CheckpointError, match="no meta.json"):
-        FeatureSet.load(d)
+        load_shards(d)
     import shutil
 
     shutil.rmtree(d / "shard_00001")
     with pytest.raises(CheckpointError, match=r"missing \['shard_00001'\]"):
-        FeatureSet.load(d)
+        load_shards(d)
     _fake_shard(d, 1, 3, 4, 6, 9)  # rows 6..7 are lost
     with pytest.raises(CheckpointError, match="does not continue"):
-        FeatureSet.load(d)
+        load_shards(d)
+
+
+def test_merged_shards_are_a_plain_feature_set(tmp_path):
+    from ncood.distributed import merge_shards
+
+    d = tmp_path / "train"
+    parts = [_fake_shard(d, 0, 2, 0, 5, 8), _fake_shard(d, 1, 2, 5, 8, 8)]
+    merged = merge_shards(d)
+    assert sorted(p.name for p in d.iterdir() if p.is_dir()) == []  # shards removed
+    fs = FeatureSet.load(d)  # the plain reader, like any extraction
+    assert fs.meta == {"subset": {"n": None}} and list(fs.layers) == ["b", "a"]
+    np.testing.assert_array_equal(fs.features, np.concatenate([p.features for p in parts]))
+    np.testing.assert_array_equal(fs.logits, np.concatenate([p.logits for p in parts]))
+    np.testing.assert_array_equal(fs.layers["b"], np.concatenate([p.layers["b"] for p in parts]))
+    np.testing.assert_array_equal(merged.labels, np.arange(8) % 2)
 
 
 # ---------------------------------------------------------------------- the 2-process job
@@ -366,9 +386,10 @@ def test_sharded_extraction_reads_back_as_the_single_process_one(dist_job, tmp_p
     from ncood.extract import extract_checkpoint
 
     root = dist_job
-    for split in ("train", "test", "ood/npz:" + str(root / "ood.npz")):
-        shards = sorted(p.name for p in (root / "dist_features" / split).glob("shard_*"))
-        assert shards == ["shard_00000", "shard_00001"], split
+    for split in ("train", "test", "ood/" + safe_name("npz:" + str(root / "ood.npz"))):
+        d = root / "dist_features" / split
+        assert (d / "meta.json").is_file(), split  # merged into the plain layout ...
+        assert not list(d.glob("shard_*")), split  # ... and the shards removed
     meta = json.loads((root / "dist_features" / "extract.json").read_text())
     assert meta["shards"] == WORLD
     dist_fd = load_feature_dir(root / "dist_features")

@@ -510,8 +510,45 @@ def test_second_process_on_same_run_dir_is_refused(tmp_path):
     run_dir.mkdir()
     with open(run_dir / ".lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(ConfigError, match="another process is training"):
+        with pytest.raises(ConfigError, match="another ncood run is writing"):
             train(TINY, run_dir, progress=False)
+
+
+def test_failed_train_leaves_no_lock(tmp_path, capsys):
+    from ncood.cli.main import main
+
+    run_dir = tmp_path / "r"
+    with pytest.raises(ConfigError, match="model_kwargs"):  # fails after taking the lock
+        train(dict(TINY, model_kwargs={"bogus": 1}), run_dir, progress=False)
+    assert run_dir.is_dir() and not (run_dir / ".lock").exists()
+    code = main(["train", "--data", "no_such_dataset", "--epochs", "1", "--out", str(run_dir)])
+    assert code != 0 and capsys.readouterr().err.strip()
+    assert not (run_dir / ".lock").exists()
+
+
+def test_run_lock_is_released_and_a_killed_holders_file_is_taken_over(tmp_path):
+    from ncood.io import RunLock
+
+    with RunLock(tmp_path) as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
+        with pytest.raises(ConfigError, match="this process holds"):
+            RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".lock").exists()
+    # a holder killed with SIGKILL leaves its file, unlocked: the next run takes it
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys; from ncood.io import RunLock; "
+            "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)",
+            str(tmp_path),
+        ],
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL and (tmp_path / ".lock").exists()
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_cli_refuses_existing_run_with_one_line(tmp_path, capsys):

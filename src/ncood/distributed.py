@@ -28,15 +28,24 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from ncood.collapse.metrics import decision_metrics, iter_chunks, metrics_from_stats
 from ncood.collapse.stats import ClassStats
-from ncood.errors import ConfigError, ShapeError
+from ncood.detectors.base import chunk_rows, read_chunk
+from ncood.detectors.base import iter_chunks as chunk_bounds
+from ncood.errors import CheckpointError, ConfigError, ShapeError
+from ncood.io import safe_names, write_json
+from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +95,36 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
-def _resolve(device: str | torch.device, local_rank: int, distributed: bool) -> torch.device:
+def resolve_device(
+    device: str | torch.device = "auto", *, local_rank: int | None = None
+) -> torch.device:
+    """The device a process computes on: the one place ncood turns ``--device`` into one.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else cpu), ``"cpu"``, ``"cuda[:i]"`` or
+            a ``torch.device``.
+        local_rank: under ``torchrun``, this process's rank on its node: ``"auto"`` and
+            a bare ``"cuda"`` then mean ``cuda:LOCAL_RANK`` (modulo the GPU count).
+            ``None`` (one process) leaves a bare ``cuda`` without an index.
+
+    Raises:
+        ConfigError: an unparsable name, or CUDA asked for where it is not available.
+    """
     if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ConfigError(
             f"The 'device' parameter must be 'auto', 'cpu' or 'cuda[:i]'. Got {device!r} instead."
         ) from None
-    if dev.type == "cuda" and distributed and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {str(device)!r} was asked for, but CUDA is not available here; use "
+            "--device auto or --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 
@@ -131,7 +157,7 @@ def init_distributed(
             f"RANK={rank} / WORLD_SIZE={world} are inconsistent; launch with torchrun "
             "(which sets them) or unset both"
         )
-    dev = _resolve(device, local_rank, world > 1)
+    dev = resolve_device(device, local_rank=local_rank if world > 1 else None)
     if world == 1:
         return DistContext(0, 1, 0, None, dev)
     if not dist.is_available():
@@ -228,6 +254,38 @@ def sampler_indices(order, rank: int, world_size: int):
         cat = torch.cat if torch.is_tensor(order) else np.concatenate
         order = cat([order] + [order] * reps)[: per_rank * world_size]
     return order[rank::world_size]
+
+
+# ---------------------------------------------------------------------- training
+def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` under torchrun, else ``model`` itself.
+
+    The same seed on every rank gives the same initial weights; DDP also broadcasts rank
+    0's at construction and all-reduces (averages) the gradients of every step.
+    """
+    if not ctx.is_distributed:
+        return model
+    device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers, e.g. batch-norm running statistics (no-op in a
+    single process). DDP syncs them at the start of each forward, so after the last step
+    of an epoch they differ; the saved checkpoint is rank 0's, and evaluation and
+    callbacks then see the same network everywhere."""
+    if not is_distributed():
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any (one tiny all-reduce), so all ranks
+    take the same branch; ``flag`` itself in a single process."""
+    if not is_distributed():
+        return bool(flag)
+    return bool(all_reduce_sum(np.array([float(flag)]))[0] > 0)
 
 
 # ---------------------------------------------------------------------- collectives
@@ -374,8 +432,6 @@ def class_stats_distributed(
     Returns:
         The all-reduced statistics (:func:`all_reduce_stats`).
     """
-    from ncood.detectors.base import chunk_rows, iter_chunks, read_chunk
-
     feats = features_shard
     if not hasattr(feats, "shape") or len(feats.shape) != 2:
         feats = np.asarray(feats)
@@ -389,7 +445,7 @@ def class_stats_distributed(
         raise ShapeError(f"labels_shard must have shape ({n},); got {y.shape}")
     stats = ClassStats(num_classes, d, second_moment=second_moment)
     rows = chunk_size or chunk_rows(d)
-    for start, stop in iter_chunks(n, rows):
+    for start, stop in chunk_bounds(n, rows):
         stats.update(read_chunk(feats, start, stop, "train features"), y[start:stop])
     return all_reduce_stats(stats)
 
@@ -429,8 +485,6 @@ def collapse_metrics_distributed(features_shard, labels_shard, head, *, stats=No
         head: the :class:`~ncood.types.LinearHead`.
         stats: the all-reduced statistics, when already computed.
     """
-    from ncood.collapse.metrics import decision_metrics, iter_chunks, metrics_from_stats
-
     if stats is None:
         stats = class_stats_distributed(features_shard, labels_shard, head.num_classes)
     out = metrics_from_stats(stats, head)
@@ -446,10 +500,186 @@ def collapse_metrics_distributed(features_shard, labels_shard, head, *, stats=No
     return out
 
 
+# ---------------------------------------------------------------------- sharded features
+# A split extracted by W processes is first written as one directory per rank,
+# ``<split>/shard_00000/`` ..; rank 0 then merges them into the plain layout, so nothing
+# that reads features (``ncood.types``) knows about processes.
+SHARD_PREFIX = "shard_"
+
+
+def shard_name(rank: int) -> str:
+    """The directory of rank ``rank``'s shard of a split: ``shard_{rank:05d}``."""
+    return f"{SHARD_PREFIX}{rank:05d}"
+
+
+def take_shard(arrays: Any, ctx: DistContext, what: str) -> tuple[Any, dict[str, int]]:
+    """This rank's contiguous rows of ``arrays`` (anything with ``len`` and ``subset``).
+
+    Returns:
+        ``(shard, record)``; ``record`` (``rank``, ``world_size``, ``lo``, ``hi``,
+        ``n_total``) is stored in the shard's meta so the shards re-assemble.
+
+    Raises:
+        ConfigError: fewer rows than processes (the same on every rank: all raise).
+    """
+    total = len(arrays)
+    if total < ctx.world_size:
+        raise ConfigError(
+            f"{what} has {total} images, fewer than the {ctx.world_size} processes; "
+            "extract it with fewer processes"
+        )
+    lo, hi = shard_bounds(total, ctx.rank, ctx.world_size)
+    record = {"rank": ctx.rank, "world_size": ctx.world_size, "lo": lo, "hi": hi}
+    return arrays.subset(slice(lo, hi)), {**record, "n_total": total}
+
+
+def clear_shards(out: Path, splits: list[str], ctx: DistContext) -> None:
+    """Rank 0 removes what a previous extraction left in ``out`` (so a stale ``meta.json``
+    or a shard of a larger world is never read with the new shards); all wait."""
+    if ctx.is_main:
+        (out / "extract.json").unlink(missing_ok=True)
+        for split in splits:
+            d = out / split
+            (d / "meta.json").unlink(missing_ok=True)
+            for old in d.glob(f"{SHARD_PREFIX}*"):
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def save_sharded(fd: FeatureDir, out: Path, ctx: DistContext) -> None:
+    """Write a feature directory that every rank holds a shard of.
+
+    Each rank writes ``<split>/shard_{rank:05d}/``; after a barrier rank 0 merges every
+    split into the plain layout (:func:`merge_shards`), then writes ``head.npz`` and
+    ``extract.json`` (last, so it marks a complete directory, and records ``shards``);
+    all wait. The result reads with :func:`ncood.types.load_feature_dir` like a
+    single-process extraction.
+    """
+    files = safe_names(fd.ood)  # the directory names FeatureDir.save gives them
+    splits = {"train": fd.train, "test": fd.test}
+    splits.update({f"ood/{files[k]}": v for k, v in fd.ood.items()})
+    for split, fs in splits.items():
+        fs.save(out / split / shard_name(ctx.rank))
+    barrier()
+    if ctx.is_main:
+        for split in splits:
+            merge_shards(out / split)
+        fd.head.save(out / "head.npz")
+        write_json(out / "extract.json", {**fd.meta, "ood": list(fd.ood), "shards": ctx.world_size})
+    barrier()
+
+
+def merge_shards(directory: str | os.PathLike) -> FeatureSet:
+    """Replace the shards in ``directory`` by the one FeatureSet they make (rank 0's job).
+
+    The merged set is written (``meta.json`` last) before the shards are removed, so a
+    process killed in between leaves either the shards or a complete set. It holds the
+    concatenation in memory once (``n x D`` per array).
+
+    Returns:
+        The merged FeatureSet, loaded back memory-mapped.
+    """
+    d = Path(directory)
+    load_shards(d, mmap=True).save(d)
+    for part in d.glob(f"{SHARD_PREFIX}*"):
+        shutil.rmtree(part, ignore_errors=True)
+    return FeatureSet.load(d)
+
+
+def load_shards(directory: str | os.PathLike, *, mmap: bool = True) -> FeatureSet:
+    """Load a split written by several processes as one FeatureSet.
+
+    ``directory`` holds ``shard_00000/`` .. ``shard_{W-1:05d}/``, each a complete
+    FeatureSet whose ``meta["subset"]["shard"]`` records ``rank``, ``world_size``,
+    ``lo``, ``hi`` and ``n_total`` (:func:`take_shard`). The arrays are concatenated in
+    rank order (in memory), which restores the order of a single-process extraction; the
+    shard record is dropped from the returned ``meta``.
+
+    Raises:
+        CheckpointError: a shard is missing, damaged, from another extraction, or the
+            shards do not tile ``0..n_total`` exactly.
+    """
+    d = Path(directory)
+    found = sorted(p for p in d.glob(f"{SHARD_PREFIX}*") if p.is_dir())
+    fix = f"delete {str(d)!r} and re-run `ncood extract` (with the same torchrun world size)"
+    if not found:
+        raise CheckpointError(f"{str(d)!r} holds no {SHARD_PREFIX}* directories; {fix}")
+    first = FeatureSet.load(found[0], mmap=mmap)
+    info = first.meta.get("subset", {}).get("shard") if isinstance(first.meta, dict) else None
+    if not isinstance(info, dict) or "world_size" not in info:
+        raise CheckpointError(
+            f"{str(found[0])!r} does not record which shard it is (meta.subset.shard); {fix}"
+        )
+    world = int(info["world_size"])
+    expected = [d / shard_name(r) for r in range(world)]
+    missing = [p.name for p in expected if not p.is_dir()]
+    extra = sorted({p.name for p in found} - {p.name for p in expected})
+    if missing or extra:
+        raise CheckpointError(
+            f"{str(d)!r} should hold {world} shards {expected[0].name}..{expected[-1].name}; "
+            + (f"missing {missing}" if missing else f"unexpected {extra}")
+            + f"; {fix}"
+        )
+    parts = [first] + [FeatureSet.load(p, mmap=mmap) for p in expected[1:]]
+    base = _without_shard(first.meta)
+    pos = 0
+    for r, part in enumerate(parts):
+        rec = part.meta.get("subset", {}).get("shard", {})
+        if (
+            _without_shard(part.meta) != base
+            or int(rec.get("rank", -1)) != r
+            or int(rec.get("world_size", -1)) != world
+            or int(rec.get("lo", -1)) != pos
+            or int(rec.get("hi", -1)) - pos != len(part)
+        ):
+            raise CheckpointError(
+                f"shard {expected[r].name} of {str(d)!r} does not continue the others "
+                f"(record {rec}, {len(part)} rows, expected rows from {pos}); {fix}"
+            )
+        pos += len(part)
+    if pos != int(info.get("n_total", pos)):
+        raise CheckpointError(
+            f"the shards of {str(d)!r} hold {pos} rows, but n_total is {info['n_total']}; {fix}"
+        )
+    keys = list(first.layers)  # depth order
+    if any(
+        set(p.layers) != set(keys) or (p.labels is None) != (first.labels is None) for p in parts
+    ):
+        raise CheckpointError(f"the shards of {str(d)!r} hold different arrays; {fix}")
+    return FeatureSet(
+        features=np.concatenate([np.asarray(p.features) for p in parts]),
+        logits=np.concatenate([np.asarray(p.logits) for p in parts]),
+        labels=None
+        if first.labels is None
+        else np.concatenate([np.asarray(p.labels) for p in parts]),
+        name=first.name,
+        meta=base,
+        layers={k: np.concatenate([np.asarray(p.layers[k]) for p in parts]) for k in keys},
+    )
+
+
+def _without_shard(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with ``meta["subset"]["shard"]`` removed (a copy)."""
+    out = dict(meta)
+    if isinstance(out.get("subset"), dict):
+        out["subset"] = {k: v for k, v in out["subset"].items() if k != "shard"}
+    return out
+
+
 __all__ = [
-    "collapse_metrics_distributed",
+    "SHARD_PREFIX",
     "DistContext",
+    "clear_shards",
+    "collapse_metrics_distributed",
+    "load_shards",
+    "merge_shards",
+    "save_sharded",
+    "shard_name",
+    "take_shard",
     "all_gather_rows",
+    "any_rank",
+    "broadcast_buffers",
+    "wrap_ddp",
     "all_reduce_stats",
     "all_reduce_sum",
     "barrier",
@@ -462,6 +692,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main",
+    "resolve_device",
     "sampler_indices",
     "shard_bounds",
 ]

@@ -30,8 +30,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ncood import __version__
+from ncood.data import ImageArrays, InputSpec, iterate_batches, load_images
+from ncood.distributed import (
+    clear_shards,
+    init_distributed,
+    resolve_device,
+    save_sharded,
+    take_shard,
+)
 from ncood.errors import CheckpointError, ConfigError
+from ncood.io import file_sha256, safe_name
 from ncood.registry import closest
+from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
@@ -83,21 +93,11 @@ def capture(model: nn.Module, names: Sequence[str], *, pooled: bool = True) -> I
             h.remove()
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]'; got {device!r}") from exc
-
-
 @torch.no_grad()
 def extract(
     model: nn.Module,
-    arrays,
-    spec,
+    arrays: ImageArrays,
+    spec: InputSpec,
     *,
     layers: Sequence[str] = (),
     batch_size: int = 512,
@@ -124,8 +124,6 @@ def extract(
     Returns:
         FeatureSet with features ``(n, D)`` float32, logits ``(n, C)`` float32, labels, layers.
     """
-    from ncood.data import iterate_batches
-
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
     dev = resolve_device(device)
@@ -247,22 +245,19 @@ def extract_checkpoint(
         seed: subset seed.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its contiguous shard of
-    each split (:func:`ncood.distributed.shard_bounds`) on its own device and writes
-    ``<split>/shard_{rank:05d}/``; rank 0 then writes ``head.npz`` and ``extract.json``.
-    :func:`ncood.types.load_feature_dir` reads such a directory as one set per split,
-    equal to a single-process extraction. The returned FeatureDir holds this rank's
-    shards (their ``meta["subset"]["shard"]`` says which rows).
+    each split (:func:`ncood.distributed.take_shard`) on its own device and writes it;
+    rank 0 then merges the shards of each split and writes ``head.npz`` and
+    ``extract.json`` (:func:`ncood.distributed.save_sharded`), so ``out`` reads with
+    :func:`ncood.types.load_feature_dir` like a single-process extraction. The returned
+    FeatureDir holds this rank's shards (their ``meta["subset"]["shard"]`` says which
+    rows).
     """
-    from ncood.data import InputSpec, load_images
-    from ncood.distributed import init_distributed
-    from ncood.io import file_sha256
-    from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
-
     ctx = init_distributed(kwargs.get("device", "auto"))
     if ctx.is_distributed:
         kwargs["device"] = ctx.device
         if out is not None:
-            _prepare_sharded_out(Path(out), ["train", "test"] + [f"ood/{o}" for o in ood], ctx)
+            splits = ["train", "test"] + [f"ood/{safe_name(o)}" for o in ood]
+            clear_shards(Path(out), splits, ctx)
     ckpt = load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
     spec = InputSpec.from_dict(ckpt["input_spec"])
@@ -288,23 +283,7 @@ def extract_checkpoint(
         if ctx.is_distributed:
             # this rank's contiguous shard; recorded so the shards re-assemble (and so
             # each shard has its own cache entry)
-            from ncood.distributed import shard_bounds
-
-            lo, hi = shard_bounds(len(arrays), ctx.rank, ctx.world_size)
-            if len(arrays) < ctx.world_size:  # the same on every rank: all raise
-                raise ConfigError(
-                    f"{dataset}/{split} has {len(arrays)} images, fewer than the "
-                    f"{ctx.world_size} processes; extract it with fewer processes"
-                )
-            total = len(arrays)
-            arrays = arrays.subset(slice(lo, hi))
-            subset["shard"] = {
-                "rank": ctx.rank,
-                "world_size": ctx.world_size,
-                "lo": lo,
-                "hi": hi,
-                "n_total": total,
-            }
+            arrays, subset["shard"] = take_shard(arrays, ctx, f"{dataset}/{split}")
         return extract_cached(
             model,
             arrays,
@@ -331,47 +310,7 @@ def extract_checkpoint(
     fd = FeatureDir(train=train, test=test, ood=ood_sets, head=model.get_head(), meta=meta)
     if out is not None:
         if ctx.is_distributed:
-            _save_sharded(fd, Path(out), ctx)
+            save_sharded(fd, Path(out), ctx)
         else:
             fd.save(out)
     return fd
-
-
-# ---------------------------------------------------------------------- several processes
-def _prepare_sharded_out(out: Path, splits: list[str], ctx) -> None:
-    """Rank 0 clears what a previous extraction left in ``out`` (so a stale ``meta.json``
-    or a shard of a larger world can never be read with the new shards); all wait."""
-    from ncood.distributed import barrier
-    from ncood.types import SHARD_PREFIX
-
-    if ctx.is_main:
-        (out / "extract.json").unlink(missing_ok=True)
-        for split in splits:
-            d = out / split
-            (d / "meta.json").unlink(missing_ok=True)
-            for old in d.glob(f"{SHARD_PREFIX}*"):
-                shutil.rmtree(old, ignore_errors=True)
-    barrier()
-
-
-def _save_sharded(fd: FeatureDir, out: Path, ctx) -> None:
-    """Each rank writes ``<split>/shard_{rank:05d}/``; after a barrier rank 0 writes the
-    head and ``extract.json`` (last, so it marks a complete directory); all wait."""
-    from ncood.distributed import barrier
-    from ncood.types import SHARD_PREFIX
-
-    shard = f"{SHARD_PREFIX}{ctx.rank:05d}"
-    fd.train.save(out / "train" / shard)
-    fd.test.save(out / "test" / shard)
-    for name, fs in fd.ood.items():
-        fs.save(out / "ood" / name / shard)
-    barrier()
-    if ctx.is_main:
-        from ncood.io import write_json
-
-        fd.head.save(out / "head.npz")
-        write_json(
-            out / "extract.json",
-            {**fd.meta, "ood": list(fd.ood), "shards": ctx.world_size},
-        )
-    barrier()

@@ -21,13 +21,10 @@ from typing import Any
 import numpy as np
 
 from ncood.errors import CheckpointError, ShapeError
-from ncood.io import save_npy, write_json
+from ncood.io import atomic_open, safe_name, safe_names, save_npy, write_json
 from ncood.validation import as_labels, check_finite
 
 FORMAT_VERSION = 1
-
-# A split extracted by several processes is one directory per rank, ``shard_00000/`` ...
-SHARD_PREFIX = "shard_"
 
 
 @dataclass(frozen=True)
@@ -71,8 +68,6 @@ class LinearHead:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as ``.npz`` (atomically)."""
-        from ncood.io import atomic_open
-
         with atomic_open(path, "wb") as fh:
             np.savez(fh, weight=self.weight, bias=self.bias)
 
@@ -174,8 +169,6 @@ class FeatureSet:
         """Load a saved FeatureSet (memory-mapped by default); a damaged entry raises."""
         d = Path(directory)
         meta_path = d / "meta.json"
-        if not meta_path.exists() and any(d.glob(f"{SHARD_PREFIX}*")):
-            return cls.load_shards(d, mmap=mmap)
         try:
             doc = json.loads(meta_path.read_text())
             listing = doc["arrays"]
@@ -216,88 +209,6 @@ class FeatureSet:
             layers=layers,
         )
 
-    @classmethod
-    def load_shards(cls, directory: str | os.PathLike, *, mmap: bool = True) -> FeatureSet:
-        """Load a split written by several processes as one FeatureSet.
-
-        ``directory`` holds ``shard_00000/`` .. ``shard_{W-1:05d}/``, each a complete
-        FeatureSet whose ``meta["subset"]["shard"]`` records ``rank``, ``world_size``,
-        ``lo``, ``hi`` and ``n_total`` (see :func:`ncood.extract.extract_checkpoint`).
-        The arrays are concatenated in rank order (in memory: the result is not
-        memory-mapped), which restores the order of a single-process extraction; the
-        shard record is dropped from the returned ``meta``.
-
-        Raises:
-            CheckpointError: a shard is missing, damaged, from another extraction, or the
-                shards do not tile ``0..n_total`` exactly.
-        """
-        d = Path(directory)
-        found = sorted(p for p in d.glob(f"{SHARD_PREFIX}*") if p.is_dir())
-        fix = f"delete {str(d)!r} and re-run `ncood extract` (with the same torchrun world size)"
-        if not found:
-            raise CheckpointError(f"{str(d)!r} holds no {SHARD_PREFIX}* directories; {fix}")
-        first = cls.load(found[0], mmap=mmap)
-        info = first.meta.get("subset", {}).get("shard") if isinstance(first.meta, dict) else None
-        if not isinstance(info, dict) or "world_size" not in info:
-            raise CheckpointError(
-                f"{str(found[0])!r} does not record which shard it is (meta.subset.shard); {fix}"
-            )
-        world = int(info["world_size"])
-        expected = [d / f"{SHARD_PREFIX}{r:05d}" for r in range(world)]
-        missing = [p.name for p in expected if not p.is_dir()]
-        extra = sorted({p.name for p in found} - {p.name for p in expected})
-        if missing or extra:
-            raise CheckpointError(
-                f"{str(d)!r} should hold {world} shards {expected[0].name}..{expected[-1].name}; "
-                + (f"missing {missing}" if missing else f"unexpected {extra}")
-                + f"; {fix}"
-            )
-        parts = [first] + [cls.load(p, mmap=mmap) for p in expected[1:]]
-        base = _without_shard(first.meta)
-        pos = 0
-        for r, part in enumerate(parts):
-            rec = part.meta.get("subset", {}).get("shard", {})
-            if (
-                _without_shard(part.meta) != base
-                or int(rec.get("rank", -1)) != r
-                or int(rec.get("world_size", -1)) != world
-                or int(rec.get("lo", -1)) != pos
-                or int(rec.get("hi", -1)) - pos != len(part)
-            ):
-                raise CheckpointError(
-                    f"shard {expected[r].name} of {str(d)!r} does not continue the others "
-                    f"(record {rec}, {len(part)} rows, expected rows from {pos}); {fix}"
-                )
-            pos += len(part)
-        if pos != int(info.get("n_total", pos)):
-            raise CheckpointError(
-                f"the shards of {str(d)!r} hold {pos} rows, but n_total is {info['n_total']}; {fix}"
-            )
-        keys = list(first.layers)  # depth order
-        if any(
-            set(p.layers) != set(keys) or (p.labels is None) != (first.labels is None)
-            for p in parts
-        ):
-            raise CheckpointError(f"the shards of {str(d)!r} hold different arrays; {fix}")
-        return cls(
-            features=np.concatenate([np.asarray(p.features) for p in parts]),
-            logits=np.concatenate([np.asarray(p.logits) for p in parts]),
-            labels=None
-            if first.labels is None
-            else np.concatenate([np.asarray(p.labels) for p in parts]),
-            name=first.name,
-            meta=base,
-            layers={k: np.concatenate([np.asarray(p.layers[k]) for p in parts]) for k in keys},
-        )
-
-
-def _without_shard(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with ``meta["subset"]["shard"]`` removed (a copy)."""
-    out = dict(meta)
-    if isinstance(out.get("subset"), dict):
-        out["subset"] = {k: v for k, v in out["subset"].items() if k != "shard"}
-    return out
-
 
 # --------------------------------------------------------------------------- FeatureDir
 @dataclass
@@ -314,8 +225,9 @@ class FeatureDir:
         d = Path(directory)
         self.train.save(d / "train")
         self.test.save(d / "test")
+        files = safe_names(self.ood)  # a name is never a path: no "..", "/" or ":" in it
         for name, fs in self.ood.items():
-            fs.save(d / "ood" / name)
+            fs.save(d / "ood" / files[name])
         self.head.save(d / "head.npz")
         write_json(d / "extract.json", {**self.meta, "ood": list(self.ood)})
         return d
@@ -336,7 +248,7 @@ def load_feature_dir(directory: str | os.PathLike, *, mmap: bool = True) -> Feat
         raise CheckpointError(
             f"{str(meta_path)!r} is corrupt ({exc}); re-run `ncood extract`"
         ) from exc
-    ood = {name: FeatureSet.load(d / "ood" / name, mmap=mmap) for name in meta.get("ood", [])}
+    ood = {n: FeatureSet.load(d / "ood" / safe_name(n), mmap=mmap) for n in meta.get("ood", [])}
     return FeatureDir(
         train=FeatureSet.load(d / "train", mmap=mmap),
         test=FeatureSet.load(d / "test", mmap=mmap),

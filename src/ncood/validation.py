@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import types
+import typing
+from typing import Any
 
 import numpy as np
 
 from ncood.errors import ConfigError, ShapeError
+from ncood.registry import closest
 
 
 def as_2d_float(x, name: str, *, dtype=np.float64, copy: bool = False) -> np.ndarray:
@@ -95,3 +100,59 @@ def check_number(
             f"Got {value!r} instead."
         )
     return value
+
+
+# ---------------------------------------------------------------------- configs
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(
+            _type_ok(a, k) and _type_ok(b, v) for a, b in value.items()
+        )
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise.
+
+    Nested dataclass fields are built recursively; ``where`` names the mapping in errors
+    (``config.data.ood``).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping; got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown key {where}.{key}{closest(str(key), names)}; valid keys: "
+                f"{', '.join(names)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{where}.{key}")
+        elif not _type_ok(value, tp):
+            expected = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            raise ConfigError(
+                f"{where}.{key} must be of type {expected}; got {value!r} ({type(value).__name__})"
+            )
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

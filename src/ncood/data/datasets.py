@@ -685,7 +685,7 @@ def _digits(req: LoadRequest) -> ImageArrays:
     Scaled to 0..255 and upsampled bilinearly to ``shape`` (default ``(1, 28, 28)``);
     labels are the digits.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn (~1 s): only for this set
 
     c, h, w = req.shape or (1, 28, 28)
     if c not in (1, 3):
@@ -715,7 +715,7 @@ def _texture_crops(req: LoadRequest) -> ImageArrays:
     ``n`` crops (default 2000) of size ``shape`` (default ``(1, 32, 32)``), balanced over
     the three textures; label = texture. Deterministic from ``seed``.
     """
-    import skimage.data
+    import skimage.data  # scikit-image (~0.5 s): only for this set
 
     c, h, w = req.shape or (1, 32, 32)
     n = req.n or GENERATED_DEFAULT_N

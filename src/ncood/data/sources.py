@@ -116,7 +116,7 @@ def torchvision_download(dataset: str, dest: Path, split: str) -> None:
     Raises:
         DataError: the download failed (no network, a server error, a full disk).
     """
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # only when downloading (imports all of them)
 
     makers: dict[str, Callable[[], Any]] = {
         "fashion_mnist": lambda: tvd.FashionMNIST(str(dest), train=split == "train", download=True),

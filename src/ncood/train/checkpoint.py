@@ -39,6 +39,7 @@ from torch import nn
 from ncood import __version__
 from ncood.errors import CheckpointError, ConfigError
 from ncood.io import atomic_open, file_sha256
+from ncood.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,6 @@ def model_from_checkpoint(
         CheckpointError: the architecture or class count recorded in the checkpoint does
             not match its weights, or names a model this ncood does not know.
     """
-    from ncood.models import create_model
-
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     where = "checkpoint" if isinstance(checkpoint, dict) else repr(str(checkpoint))
     spec = ckpt["model"]

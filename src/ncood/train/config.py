@@ -14,15 +14,13 @@ import dataclasses
 import numbers
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ncood.config import from_dict as _from_dict
 from ncood.errors import ConfigError
+from ncood.io import load_yaml
+from ncood.models import MODELS
 from ncood.train.regimes import OPTIMIZERS, SCHEDULES, get_regime
-from ncood.validation import check_number
+from ncood.validation import check_number, from_dict
 
 PRECISIONS = ("fp32", "bf16", "auto")
 SNAPSHOT_KEYWORDS = ("log", "all", "none")
@@ -80,8 +78,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         owner = "TrainConfig"
         get_regime(self.regime)  # unknown names suggest the closest
-        from ncood.models import MODELS
-
         MODELS.get(self.model)
         for name in ("epochs", "batch_size", "max_train_samples", "max_test_samples"):
             if getattr(self, name) is not None:
@@ -123,12 +119,12 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> TrainConfig:
         """Build from a mapping: an unknown key names the closest valid key; a value of the
         wrong type names the expected type."""
-        return _from_dict(cls, data, "train config")
+        return from_dict(cls, data, "train config")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
         """Build from a YAML file whose top-level keys are TrainConfig fields."""
-        return cls.from_dict(load_yaml(path))
+        return cls.from_dict(load_yaml(path, "train config file"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,25 +178,6 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...], allow_none: b
         )
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, bad YAML or a non-mapping raises ConfigError."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist; check the path") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping of TrainConfig fields; "
-            f"got a {type(doc).__name__}"
-        )
-    return doc
-
-
 def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a run's saved (resolved) config and ``current``,
     ignoring :data:`RESUME_MUTABLE`; each entry reads ``"lr: 0.1 -> 0.05"``."""
@@ -212,3 +189,6 @@ def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
         if key in saved and saved[key] != value:
             out.append(f"{key}: {saved[key]!r} -> {value!r}")
     return out
+
+
+__all__ = ["PRECISIONS", "RESUME_MUTABLE", "TrainConfig", "load_yaml", "resume_conflicts"]

@@ -1,16 +1,15 @@
-"""Training-curve figure: loss, accuracy and learning rate per epoch."""
+"""Training-curve figure: loss, accuracy and learning rate per epoch.
+
+Built on :class:`matplotlib.figure.Figure` directly, without pyplot: nothing global (the
+backend, the list of open figures) changes, and saving renders with Agg.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_history(history: list[dict[str, Any]], title: str = "") -> Figure:
@@ -22,9 +21,10 @@ def plot_history(history: list[dict[str, Any]], title: str = "") -> Figure:
         title: figure title (e.g. the run's model and regime).
 
     Returns:
-        The figure (the caller saves and closes it).
+        The figure (the caller saves it; it is not registered with pyplot).
     """
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    fig = Figure(figsize=(12, 3.4), constrained_layout=True)
+    axes = fig.subplots(1, 3)
     epochs = [row["epoch"] for row in history]
     ax = axes[0]
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
