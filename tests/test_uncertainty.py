@@ -88,6 +88,16 @@ def test_replicates_equal_plain_loop(n_id, n_ood, decimals):
     assert np.ptp(reps["auroc"]) > 0
 
 
+def test_replicates_single_id_sample_and_integer_lists():
+    # n_id = 1: k = floor(0.95) = 0, fpr95 is 0 by definition; integer lists are accepted
+    id_s, ood_s = [7], [1, 9, 3, 7, 5, 2]
+    reps = bootstrap_replicates(id_s, ood_s, n_boot=30, seed=2)
+    loop = _loop_replicates(np.array(id_s, float), np.array(ood_s, float), 30, 2)
+    assert not reps["fpr95"].any()
+    for k in METRIC_NAMES:
+        np.testing.assert_allclose(reps[k], loop[k], rtol=0, atol=1e-12, err_msg=k)
+
+
 def test_replicates_equal_loop_at_scale_without_ties():
     id_s, ood_s = _scores(5, 10_000, 10_000, None)
     reps = bootstrap_replicates(id_s, ood_s, n_boot=12, seed=3)

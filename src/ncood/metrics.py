@@ -466,6 +466,12 @@ class _Replicates:
             np.empty((b_max, m + 1)) for _ in range(5)
         )
         self.ige[:, 0] = self.oge[:, 0] = 0.0
+        # fpr95: k of the k-th largest ID score; fpr95_oodpos: the least OOD count c that
+        # passes the very float test of _fpr_oodpos, c / n_ood >= 0.95.
+        self.k = _k_of(0.95, self.n_id)
+        self.c_min = int(
+            np.argmax(np.arange(self.n_ood + 1, dtype=np.float64) / self.n_ood >= 0.95)
+        )
 
     def _counts(self, gid, idx, take, out) -> np.ndarray:
         """``(b, m)`` float64: resampled samples of each replicate in each group."""
@@ -522,16 +528,13 @@ class _Replicates:
         if "fpr95_oodpos" in metrics:
             # OpenOOD: in -score order, the first group whose OOD rate (n_ood - oge) / n_ood
             # reaches 0.95, i.e. the last in descending order (group 0 always reaches it).
-            # c_min: the least OOD count passing the very float test of _fpr_oodpos.
-            c_min = int(np.argmax(np.arange(n_ood + 1, dtype=np.float64) / n_ood >= 0.95))
-            last = np.count_nonzero(oge[:, :-1] <= n_ood - c_min, axis=1) - 1
+            last = np.count_nonzero(oge[:, :-1] <= n_ood - self.c_min, axis=1) - 1
             out["fpr95_oodpos"] = (n_id - ige[rows, last]) / n_id
         if "fpr95" in metrics:
-            k = _k_of(0.95, n_id)
-            if k == 0:
+            if self.k == 0:
                 out["fpr95"] = np.zeros(b)
             else:
-                first = np.count_nonzero(ige[:, 1:] < k, axis=1)  # group of the k-th largest
+                first = np.count_nonzero(ige[:, 1:] < self.k, axis=1)  # group of k-th largest
                 out["fpr95"] = oge[rows, first + 1] / n_ood
         return out
 
