@@ -481,3 +481,98 @@ def test_grids_are_valid_hyperparameters(name):
     for key, values in grid.items():
         for value in values:
             create_detector(name, **{key: value})
+
+
+# --------------------------------------------------------------------------- selection
+def _selection_problem(seed=0, d=16, c=4):
+    """ReAct on post-ReLU features. Validation OOD = weaker activations plus one huge
+    spike (strong clipping wins); test OOD = weaker activations without spikes (clipping
+    only loses information: weak clipping wins)."""
+    rng = np.random.default_rng(seed)
+    w = np.abs(rng.normal(size=(c, d)))
+    head = LinearHead(w, np.zeros(c))
+
+    def id_(n):
+        return np.maximum(rng.normal(2.0, 1.0, (n, d)), 0.0)
+
+    z = id_(2000)
+    y = (z @ w.T).argmax(axis=1)
+    val_id, test_id = id_(500), id_(500)
+    val_ood = np.maximum(rng.normal(1.0, 1.0, (500, d)), 0.0)
+    val_ood[np.arange(500), rng.integers(0, d, 500)] = 20.0
+    test_ood = np.maximum(rng.normal(1.3, 1.0, (500, d)), 0.0)
+    return z, y, head, val_id, val_ood, test_id, test_ood
+
+
+def test_selection_uses_validation_not_test():
+    from ncood.detectors.select import select
+
+    z, y, head, val_id, val_ood, test_id, test_ood = _selection_problem()
+    grid = {"percentile": [50.0, 99.0]}
+    res = select(
+        "react",
+        grid,
+        z,
+        y,
+        head,
+        val_id=(val_id, head.logits(val_id)),
+        val_ood=(val_ood, head.logits(val_ood)),
+    )
+    # independently: which value wins on each set
+    on = {}
+    for p in grid["percentile"]:
+        det = create_detector("react", percentile=p).fit(z, y, head)
+        on[p] = (
+            auroc(det.score(val_id, None), det.score(val_ood, None)),
+            auroc(det.score(test_id, None), det.score(test_ood, None)),
+        )
+    assert on[50.0][0] > on[99.0][0]  # validation prefers strong clipping
+    assert on[99.0][1] > on[50.0][1]  # the test set would have preferred weak clipping
+    assert res.params == {"percentile": 50.0}
+    assert [c["params"] for c in res.candidates] == [{"percentile": 50.0}, {"percentile": 99.0}]
+    np.testing.assert_allclose([c["auroc"] for c in res.candidates], [on[50.0][0], on[99.0][0]])
+    assert res.val_auroc == pytest.approx(on[50.0][0])
+    assert res.to_dict()["grid"] == grid and (res.n_val_id, res.n_val_ood) == (500, 500)
+
+
+def test_selection_default_grids_fixed_params_and_errors(small):
+    from ncood.detectors.select import DEFAULT_GRIDS, default_grid, select
+
+    assert default_grid("gen") == detector_class("gen").grid
+    assert default_grid("react") == DEFAULT_GRIDS["react"] == {"percentile": [85, 90, 95, 99]}
+    assert default_grid("rmds") == {}
+    val = (small.X, small.F)
+    ood = (small.X[::-1] * 3.0, small.head.logits(small.X[::-1] * 3.0))
+    res = select("rmds", None, small.Z, small.y, small.head, val_id=val, val_ood=ood)
+    assert res.params == {} and len(res.candidates) == 1
+    res = select(
+        "gen", {"M": [1, 3]}, None, None, small.head, val_id=val, val_ood=ood, fixed={"gamma": 0.5}
+    )
+    assert [c["params"] for c in res.candidates] == [{"gamma": 0.5, "M": 1}, {"gamma": 0.5, "M": 3}]
+    with pytest.raises(ConfigError, match="no parameter 'alpah'"):
+        select("nci", {"alpah": [1.0]}, small.Z, small.y, small.head, val_id=val, val_ood=ood)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        select("nci", {"alpha": []}, small.Z, small.y, small.head, val_id=val, val_ood=ood)
+    with pytest.raises(ConfigError, match="'alpha' parameter of NCI"):
+        select("nci", {"alpha": [-1.0]}, small.Z, small.y, small.head, val_id=val, val_ood=ood)
+    with pytest.raises(ShapeError, match="val_ood must be a pair"):
+        select("nci", None, small.Z, small.y, small.head, val_id=val, val_ood=small.X)
+
+
+def test_selection_ties_go_to_the_first_candidate(small):
+    from ncood.detectors.select import select
+
+    val = (small.X, small.F)
+    ood = (small.X * 0.1, small.head.logits(small.X * 0.1))
+    # D = 12: percentiles 1 and 0 both keep k = 12 - round(0.12) = 12 entries -> a tie
+    res = select(
+        "ash_p",
+        {"percentile": [1.0, 0.0]},
+        small.Z,
+        small.y,
+        small.head,
+        val_id=val,
+        val_ood=ood,
+    )
+    assert res.candidates[0]["auroc"] == res.candidates[1]["auroc"]
+    assert res.params == {"percentile": 1.0}
