@@ -13,6 +13,16 @@ Register a new one with::
 
 Besides registered names, ``"folder:PATH"`` (ImageFolder layout, or a flat folder =
 unlabelled) and ``"npz:PATH"`` are accepted.
+
+Why not ``torchvision.datasets(..., download=False)`` for reading: for CIFAR-10/100 and
+SVHN our readers give exactly torchvision's arrays (``tests/test_data.py`` compares them),
+but torchvision refuses any copy whose files' MD5 differ from the originals' (re-packaged
+or re-compressed copies such as Debian's, and the generated stand-ins the tests use) with
+a generic "not found or corrupted"; ours check the content instead and name the bad file
+and the fix, and unpickle CIFAR with an allow-list. DTD images are decoded in parallel
+with libjpeg's draft mode (torchvision decodes one full-size PIL image per item). The
+idx reader stays for Fashion-MNIST. torchvision is still what downloads, where a network
+exists (:func:`ncood.data.sources.torchvision_download`).
 """
 
 from __future__ import annotations

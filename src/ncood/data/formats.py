@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ncood.data.transforms import cover_box
 from ncood.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -294,23 +295,17 @@ def decode_images(paths: Sequence[Path], channels: int, size: tuple[int, int] | 
     return np.ascontiguousarray(np.stack(arrays))
 
 
-def _cover_and_crop(img, size: tuple[int, int]):
+def _cover_and_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize a PIL image to cover ``size = (H, W)`` and centre-crop it (geometry:
+    :func:`ncood.data.transforms.cover_box`, shared with the batch resize)."""
     th, tw = size
     w, h = img.size
-    if (h, w) != (th, tw):
-        if th == tw:  # torchvision's rule for Resize(int): shorter side -> size
-            short, long = min(h, w), max(h, w)
-            new_long = int(th * long / short)
-            nh, nw = (th, new_long) if h <= w else (new_long, th)
-        else:
-            scale = max(th / h, tw / w)
-            nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-        if (nh, nw) != (h, w):
-            img = img.resize((nw, nh), Image.BILINEAR)
-        top = int(round((nh - th) / 2.0))
-        left = int(round((nw - tw) / 2.0))
-        img = img.crop((left, top, left + tw, top + th))
-    return img
+    if (h, w) == (th, tw):
+        return img
+    nh, nw, top, left = cover_box(h, w, th, tw)
+    if (nh, nw) != (h, w):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    return img.crop((left, top, left + tw, top + th))
 
 
 # --------------------------------------------------------------------------- npz

@@ -92,12 +92,38 @@ def to_model_input(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
+def cover_box(h: int, w: int, th: int, tw: int) -> tuple[int, int, int, int]:
+    """The resize that covers ``th x tw`` and the centred crop: ``(new_h, new_w, top, left)``.
+
+    The one geometry of both resizes in ncood (:func:`resize_square` on float batches,
+    :func:`ncood.data.formats.decode_images` on image files). A square target follows
+    torchvision's ``Resize(th)`` + ``CenterCrop(th)``: the shorter side becomes ``th``,
+    the longer ``int(th * long / short)``; any other target scales by
+    ``max(th / h, tw / w)`` (rounded, at least the target). The crop offset is
+    ``round((new - target) / 2)``, as torchvision's ``center_crop``.
+    """
+    if (h, w) == (th, tw):
+        return h, w, 0, 0
+    if th == tw:
+        short, long = min(h, w), max(h, w)
+        new_long = int(th * long / short)
+        nh, nw = (th, new_long) if h <= w else (new_long, th)
+    else:
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    return nh, nw, int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+
+
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a float batch to ``size x size``.
+    """Resize a float batch to ``size x size`` (geometry: :func:`cover_box`).
 
     Square images are resized directly; non-square ones have their shorter side resized
-    to ``size`` (longer side ``int(size * long / short)``, as torchvision) and are then
-    centre-cropped (offset ``round((new - size) / 2)``, as torchvision's ``center_crop``).
+    to ``size`` and are then centre-cropped. The same geometry and filter (bilinear,
+    antialiased) as the PIL resize that :func:`ncood.data.formats.decode_images` applies
+    to image files; the two differ only by PIL's rounding to uint8 (at most 1 grey level
+    of 255, measured), and both are kept because each works where the other cannot: PIL
+    on files of different sizes before they can be stacked into one uint8 array (with
+    libjpeg's draft decoding), torch on stored batches on the training device.
 
     Args:
         x: ``(b, C, H, W)`` float.
@@ -107,17 +133,11 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
         ``(b, C, size, size)``; ``x`` itself when nothing changes.
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    if h == w:
-        if h == size:
-            return x
-        return _bilinear(x, size, size)
-    short, long = (h, w) if h <= w else (w, h)
-    new_long = int(size * long / short)
-    new_h, new_w = (size, new_long) if h <= w else (new_long, size)
-    if (new_h, new_w) != (h, w):
-        x = _bilinear(x, new_h, new_w)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
+    if (h, w) == (size, size):
+        return x
+    nh, nw, top, left = cover_box(h, w, size, size)
+    if (nh, nw) != (h, w):
+        x = _bilinear(x, nh, nw)
     return x[..., top : top + size, left : left + size]
 
 
