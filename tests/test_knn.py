@@ -10,6 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 import ncood.detectors.neighbors as nb
 from ncood.detectors import create_detector
+from ncood.errors import ConfigError
 from ncood.metrics import auroc
 from ncood.types import LinearHead
 
@@ -107,7 +108,34 @@ def test_k_equal_to_n_train_and_k_one():
 
 
 def test_default_k_is_50():
-    assert create_detector("knn").get_params() == {"k": 50, "index_dtype": "float32"}
+    assert create_detector("knn").get_params() == {
+        "k": 50,
+        "index_dtype": "float32",
+        "backend": "auto",
+    }
+
+
+@pytest.mark.skipif(nb._faiss() is None, reason="faiss-cpu (optional extra) not installed")
+def test_faiss_and_numpy_shortlists_give_the_same_scores(offset):
+    train, y, head, test, _ = offset
+    fa = create_detector("knn", backend="faiss").fit(train, y, head)
+    npy = create_detector("knn", backend="numpy").fit(train, y, head)
+    assert (fa.backend_, npy.backend_) == ("faiss", "numpy")
+    assert create_detector("knn").fit(train, y, head).backend_ == "faiss"  # auto
+    np.testing.assert_allclose(fa.score(test, None), npy.score(test, None), rtol=1e-12)
+    np.testing.assert_allclose(fa.score(test, None), _brute_force(train, test, 50), rtol=1e-6)
+
+
+def test_without_faiss_auto_falls_back_to_numpy(offset, monkeypatch):
+    train, y, head, test, _ = offset
+    monkeypatch.setattr(nb, "_faiss", lambda: None)
+    det = create_detector("knn").fit(train, y, head)
+    assert det.backend_ == "numpy"
+    np.testing.assert_allclose(det.score(test, None), _brute_force(train, test, 50), rtol=1e-6)
+    with pytest.raises(ConfigError, match="faiss is not installed.*ncood\\[faiss\\]"):
+        create_detector("knn", backend="faiss").fit(train, y, head)
+    with pytest.raises(ConfigError, match="needs index_dtype='float32'"):
+        create_detector("knn", backend="faiss", index_dtype="float64")
 
 
 def test_memory_of_a_score_chunk_is_bounded():

@@ -11,7 +11,9 @@ KNN at scale (exact, bounded memory, accurate for close neighbours):
 2. ``score`` takes query rows in chunks and train rows in blocks (at most ``SIM_VALUES``
    products held at once) and keeps, per query, the ``L = min(n, 2k + 16)`` nearest
    candidates by the expansion ``||r_i||^2 - 2 r_q . r_i`` (one matrix product per block;
-   ``||r_q||^2`` is the same for every candidate of a row).
+   ``||r_q||^2`` is the same for every candidate of a row). With faiss installed and a
+   float32 index, ``faiss.knn`` (exact brute force, blocked, multi-threaded, on the same
+   array: no copy) finds the shortlist instead.
 3. The shortlisted candidates' distances are recomputed directly in float64 as
    ``||r_q - r_i||`` (no cancellation) and the k-th smallest is taken.
 
@@ -60,6 +62,19 @@ SHORTLIST_EXTRA = 16
 CENTER_ROWS = 4096
 
 INDEX_DTYPES = {"float32": np.float32, "float64": np.float64}
+BACKENDS = ("auto", "numpy", "faiss")
+
+
+def _faiss():
+    """The ``faiss`` module if installed (``pip install 'ncood[faiss]'``), else None.
+
+    Imported lazily: only a KNN fit asks for it.
+    """
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
 
 def _normalise(z: np.ndarray) -> np.ndarray:
@@ -101,24 +116,40 @@ class KNN(Detector):
     Args:
         k: which neighbour, ``1 <= k <= n_train``.
         index_dtype: ``"float32"`` or ``"float64"``, storage of the train residuals.
+        backend: shortlist search: ``"numpy"`` (blocked matrix products), ``"faiss"``
+            (``faiss.knn``; needs the optional ``faiss-cpu`` and a float32 index), or
+            ``"auto"`` (faiss when installed and the index is float32). The scores are
+            the same either way (the shortlist is re-ranked in float64).
 
     Fitted attributes:
         center_: ``(D,)`` float64 centre ``c`` subtracted from the unit vectors.
         train_: ``(n_train, D)`` centred normalised train features ``u_i - c``.
         train_sq_: ``(n_train,)`` their squared norms (in the index dtype).
+        backend_: the shortlist backend used, ``"numpy"`` or ``"faiss"``.
     """
 
     needs_train_features = True
     grid: ClassVar[dict[str, list]] = {"k": [50, 100, 200, 500, 1000]}
 
-    def __init__(self, *, k: int = 50, index_dtype: str = "float32") -> None:
+    def __init__(self, *, k: int = 50, index_dtype: str = "float32", backend: str = "auto") -> None:
         self.k = check_number(k, "k", "KNN", kind=numbers.Integral, low=1)
         if index_dtype not in INDEX_DTYPES:
             raise ConfigError(
                 f"The 'index_dtype' parameter of KNN must be one of {sorted(INDEX_DTYPES)}. "
                 f"Got {index_dtype!r} instead."
             )
+        if backend not in BACKENDS:
+            raise ConfigError(
+                f"The 'backend' parameter of KNN must be one of {list(BACKENDS)}. "
+                f"Got {backend!r} instead."
+            )
+        if backend == "faiss" and index_dtype != "float32":
+            raise ConfigError(
+                "KNN backend='faiss' needs index_dtype='float32' (faiss searches float32); "
+                f"got index_dtype={index_dtype!r}; use backend='numpy' or 'auto'"
+            )
         self.index_dtype = index_dtype
+        self.backend = backend
 
     def _fit(self, features, labels, head, stats) -> None:
         n, d = features.shape
@@ -143,6 +174,19 @@ class KNN(Detector):
             block = train[start:stop].astype(np.float64)
             sq[start:stop] = np.einsum("ij,ij->i", block, block)
         self.train_sq_ = sq
+        self.backend_ = self._resolve_backend()
+
+    def _resolve_backend(self) -> str:
+        if self.backend == "numpy" or self.index_dtype != "float32":
+            return "numpy"
+        if _faiss() is None:
+            if self.backend == "faiss":
+                raise ConfigError(
+                    "KNN backend='faiss' but faiss is not installed; pip install "
+                    "'ncood[faiss]' (faiss-cpu) or use backend='numpy' or 'auto'"
+                )
+            return "numpy"
+        return "faiss"
 
     def _score_chunk_rows(self, width: int) -> int:
         block = min(self.train_.shape[0], TRAIN_ROWS)
@@ -154,21 +198,13 @@ class KNN(Detector):
     def kth_sq_distance(self, z: np.ndarray) -> np.ndarray:
         """Squared distance from each ``z (b, D)`` to its k-th nearest neighbour, ``(b,)``."""
         r = _normalise(z) - self.center_  # (b, D) float64
-        train, sq = self.train_, self.train_sq_
-        n = train.shape[0]
-        m = min(n, 2 * self.k + SHORTLIST_EXTRA)
-        q = r.astype(train.dtype)
-        block = max(1, min(TRAIN_ROWS, SIM_VALUES // max(1, len(r))))
-        best_v = np.empty((len(r), 0), dtype=train.dtype)
-        best_i = np.empty((len(r), 0), dtype=np.int64)
-        for start, stop in iter_chunks(n, block):
-            # ||r_q - r_i||^2 minus the row constant ||r_q||^2; only used to rank
-            approx = sq[start:stop] - 2.0 * (q @ train[start:stop].T)  # (b, block)
-            v, i = _smallest(approx, None, m)
-            i = i + start if i is not None else np.broadcast_to(np.arange(start, stop), v.shape)
-            best_v, best_i = _smallest(
-                np.concatenate([best_v, v], axis=1), np.concatenate([best_i, i], axis=1), m
-            )
+        train = self.train_
+        m = min(train.shape[0], 2 * self.k + SHORTLIST_EXTRA)
+        if getattr(self, "backend_", "numpy") == "faiss":
+            q = np.ascontiguousarray(r, dtype=np.float32)
+            _, best_i = _faiss().knn(q, train, m)  # (b, m) exact float32 search
+        else:
+            best_i = self._shortlist(r, m)
         # exact re-ranking of the shortlist, direct differences in float64
         out = np.empty(len(r), dtype=np.float64)
         rows = max(1, RERANK_VALUES // (m * r.shape[1]))
@@ -178,6 +214,23 @@ class KNN(Detector):
             d2 = np.einsum("bmd,bmd->bm", diff, diff)  # (rows, m)
             out[a:b] = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
         return out
+
+    def _shortlist(self, r: np.ndarray, m: int) -> np.ndarray:
+        """Indices ``(b, m)`` of the ``m`` nearest train rows to each residual in ``r``."""
+        train, sq = self.train_, self.train_sq_
+        q = r.astype(train.dtype)
+        block = max(1, min(TRAIN_ROWS, SIM_VALUES // max(1, len(r))))
+        best_v = np.empty((len(r), 0), dtype=train.dtype)
+        best_i = np.empty((len(r), 0), dtype=np.int64)
+        for start, stop in iter_chunks(train.shape[0], block):
+            # ||r_q - r_i||^2 minus the row constant ||r_q||^2; only used to rank
+            approx = sq[start:stop] - 2.0 * (q @ train[start:stop].T)  # (b, block)
+            v, i = _smallest(approx, None, m)
+            i = i + start if i is not None else np.broadcast_to(np.arange(start, stop), v.shape)
+            best_v, best_i = _smallest(
+                np.concatenate([best_v, v], axis=1), np.concatenate([best_i, i], axis=1), m
+            )
+        return best_i
 
 
 @register_detector("nnguide")
