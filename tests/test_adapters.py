@@ -1,0 +1,369 @@
+"""ncood.models.adapters: any nn.Module as an ncood model, on real Fashion-MNIST images.
+
+Independent references: each model's own forward pass (``model(x)``), its own pooled
+features captured by a hook on ``avgpool`` (torchvision) or computed by its own code
+(timm's ``forward_head(..., pre_logits=True)``, MobileNet's classifier up to the last
+layer), and the model families' own eval transforms (torchvision's weights preset,
+timm's ``create_transform``) applied to the same PIL images.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ncood.data import load_images
+from ncood.data.streams import EvalTransform
+from ncood.errors import CheckpointError, ConfigError
+from ncood.models.adapters import (
+    ModelAdapter,
+    eval_transform,
+    load_model,
+    pool_features,
+    wrap_model,
+)
+
+SIZE = 64  # Fashion-MNIST 28x28 grey -> 3-channel 64x64, as the issue asks
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """16 real Fashion-MNIST test images as ImageNet-normalised 3 x 64 x 64 input."""
+    arrays = load_images("fashion_mnist", "test", n=16, seed=0)
+    tf = EvalTransform(size=SIZE, resize=SIZE, channels=3)
+    x = tf(arrays.images)
+    assert x.shape == (16, 3, SIZE, SIZE)
+    return x
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory):
+    """A random-init torchvision resnet18(num_classes=10), weights as a plain state_dict."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def avgpool_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own avgpool output (flattened) and logits, by a hook."""
+    got = {}
+    handle = model.avgpool.register_forward_hook(lambda m, i, o: got.setdefault("z", o))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    return got["z"].flatten(1), logits
+
+
+def test_torchvision_resnet18_features_are_avgpool_and_logits_are_model(images, resnet_weights):
+    reference, path = resnet_weights
+    model = load_model("torchvision:resnet18", num_classes=10, weights=path, input_size=SIZE)
+    assert model.head_name == "fc"
+    assert model.stage_names() == ["layer1", "layer2", "layer3", "layer4"]
+    z_ref, f_ref = avgpool_features(reference, images)
+    with torch.no_grad():
+        z = model.forward_features(images)
+        f = model.forward_head(z)
+    assert z.shape == (16, 512) and f.shape == (16, 10)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    torch.testing.assert_close(f, f_ref, rtol=1e-6, atol=1e-6)
+    head = model.get_head()
+    np.testing.assert_array_equal(head.weight, reference.fc.weight.detach().double().numpy())
+    np.testing.assert_array_equal(head.bias, reference.fc.bias.detach().double().numpy())
+    # the head reproduces the logits from the features in float64
+    np.testing.assert_allclose(head.logits(z.numpy()), f_ref.numpy(), rtol=1e-4, atol=1e-4)
+    assert model.source["weights_sha256"] and model.source["num_classes"] == 10
+
+
+def test_num_classes_is_read_from_the_weights(resnet_weights):
+    _, path = resnet_weights
+    model = load_model("torchvision:resnet18", weights=path, input_size=SIZE)
+    assert model.num_classes == 10
+
+
+def test_weights_in_a_dict_or_with_wrapper_prefixes(images, resnet_weights, tmp_path):
+    reference, path = resnet_weights
+    sd = torch.load(path, weights_only=True)
+    _, f_ref = avgpool_features(reference, images)
+    variants = {
+        "state_dict": {"state_dict": sd, "epoch": 3},
+        "model": {"model": sd, "optimizer": {}},
+        "ddp": {f"module.{k}": v for k, v in sd.items()},
+    }
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        model = load_model(
+            "torchvision:resnet18", num_classes=10, weights=tmp_path / f"{name}.pt", input_size=64
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(model(images), f_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_ncood_checkpoint_loads_into_torchvision_resnet18(images, tmp_path):
+    from ncood.models import create_model
+    from ncood.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    ours = create_model("resnet18", num_classes=10).eval()
+    spec = {"size": SIZE, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt.pt",
+        model=ours,
+        model_name="resnet18",
+        model_kwargs={"num_classes": 10},
+        input_spec=spec,
+        dataset={"name": "fashion_mnist", "classes": []},
+        regime="standard",
+        config={},
+        epoch=0,
+        history=[],
+    )
+    model = load_model("torchvision:resnet18", weights=ckpt)
+    assert model.transform == EvalTransform(SIZE, SIZE, 3, (0.5,) * 3, (0.25,) * 3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.forward_features(images), ours.forward_features(images), rtol=0, atol=1e-6
+        )
+
+
+def test_timm_model_features_and_logits(images):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = load_model("timm:resnet18", num_classes=10, input_size=SIZE)
+    net = model.model.eval()
+    assert model.head_name == "fc"
+    assert model.stage_names() == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    with torch.no_grad():
+        z_ref = net.forward_head(net.forward_features(images), pre_logits=True)
+        f_ref = net(images)
+        z = model.forward_features(images)
+        f = model.forward_head(z)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    torch.testing.assert_close(f, f_ref, rtol=1e-6, atol=1e-6)
+    # timm's 4-D forward_features, pooled as its pre-logits do, is the same feature
+    with torch.no_grad():
+        torch.testing.assert_close(pool_features(net.forward_features(images)), z_ref)
+    assert timm.__version__
+
+
+def test_head_not_called_fc_mobilenet(images):
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    model = ModelAdapter(net, input_size=SIZE)
+    assert model.head_name == "classifier.3"
+    assert model.stage_names()[0] == "features.0" and len(model.stage_names()) == 13
+    with torch.no_grad():
+        pooled = torch.flatten(net.avgpool(net.features(images)), 1)
+        z_ref = net.classifier[:3](pooled)  # Linear, Hardswish, Dropout (eval: identity)
+        z = model.forward_features(images)
+        torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(z), net(images), rtol=1e-6, atol=1e-6)
+
+
+def test_custom_sequential_and_explicit_features(images):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
+    model = wrap_model(net)  # no input size: the head is found on the first batch
+    with pytest.raises(ConfigError, match="input_size"):
+        model.get_head()
+    with torch.no_grad():
+        z = model.forward_features(images)
+        torch.testing.assert_close(z, net[:6](images), rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(z), net(images))
+    assert model.head_name == "6" and model.stage_names() == ["0", "2"]
+    # features= names the conv output instead: pooled, it is the same feature
+    named = ModelAdapter(net, features="3", input_size=SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(named.forward_features(images), z, rtol=1e-6, atol=1e-6)
+    # a module that is not the head's input is refused
+    with pytest.raises(ConfigError, match="not the input of head"):
+        ModelAdapter(net, features="2", input_size=SIZE)
+    with pytest.raises(ConfigError, match="gives 8 features"):
+        ModelAdapter(net, features="0", input_size=SIZE)
+
+
+class Scaled(nn.Module):
+    """Returns fc(x) / 2: no Linear produces the model output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.classifier(self.body(x)) / 2
+
+
+def test_post_processed_output_needs_explicit_head(images, caplog):
+    net = Scaled().eval()
+    with pytest.raises(ConfigError, match=r"head='classifier'") as err:
+        ModelAdapter(net, input_size=SIZE)
+    assert "\n" not in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        model = ModelAdapter(net, head="classifier", input_size=SIZE)
+    assert "post-processing" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), 2 * net(images))
+
+
+def test_model_without_linear_head_names_the_argument():
+    net = torchvision.models.squeezenet1_0(num_classes=10)  # classifier is a 1x1 conv
+    with pytest.raises(ConfigError, match="no nn.Linear layer.*head='NAME'") as err:
+        ModelAdapter(net, input_size=SIZE)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="must name an nn.Linear"):
+        ModelAdapter(net, head="classifier.1", input_size=SIZE)
+    with pytest.raises(ConfigError, match="did you mean 'classifier'"):
+        ModelAdapter(net, head="clasifier")
+
+
+def test_weights_of_another_architecture_name_missing_and_unexpected_keys(tmp_path):
+    torch.save(
+        torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(), tmp_path / "m.pt"
+    )
+    with pytest.raises(CheckpointError) as err:
+        load_model("torchvision:resnet18", num_classes=10, weights=tmp_path / "m.pt", input_size=64)
+    msg = str(err.value)
+    assert "missing keys: conv1.weight" in msg and "unexpected keys: features.0.0.weight" in msg
+    assert "\n" not in msg
+
+
+def test_num_classes_mismatch_says_both_numbers(resnet_weights):
+    _, path = resnet_weights
+    with pytest.raises(CheckpointError, match=r"num_classes is 100.*for 10 classes.*"):
+        load_model("torchvision:resnet18", num_classes=100, weights=path, input_size=SIZE)
+
+
+def test_unreadable_or_wrong_weight_files(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model("torchvision:resnet18", weights=tmp_path / "junk.pt", input_size=SIZE)
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pt")
+    with pytest.raises(CheckpointError, match="holds no state_dict"):
+        load_model("torchvision:resnet18", weights=tmp_path / "nostate.pt", input_size=SIZE)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model("torchvision:resnet18", weights=tmp_path / "none.pt", input_size=SIZE)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("resnet18", "'torchvision:NAME' or 'timm:NAME'"),
+        ("keras:resnet18", "family must be one of"),
+        ("torchvision:resnet81", "did you mean 'resnet18'"),
+    ],
+)
+def test_bad_model_specs(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        load_model(spec)
+
+
+def test_missing_timm_names_the_extra(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("No module named 'timm'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(ConfigError, match=r"ncood\[timm\]"):
+        load_model("timm:resnet18")
+
+
+def test_ncood_models_are_used_as_they_are():
+    from ncood.models import create_model
+
+    ours = create_model("resnet_narrow", num_classes=10)
+    assert wrap_model(ours) is ours
+
+
+def test_layers_by_name_through_the_extract_hooks(images, resnet_weights):
+    from ncood.extract import capture
+
+    reference, path = resnet_weights
+    model = load_model("torchvision:resnet18", weights=path, input_size=SIZE)
+    with torch.no_grad(), capture(model, model.stage_names()) as got:
+        model.forward_features(images)
+        ref = reference.layer3(
+            reference.layer2(
+                reference.layer1(
+                    reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+                )
+            )
+        )
+    torch.testing.assert_close(got["layer3"], ref.mean(dim=(2, 3)), rtol=0, atol=0)
+    assert got["layer4"].shape == (16, 512)
+
+
+# ----------------------------------------------------------------- eval transforms
+
+
+def _pil_images(n: int = 6):
+    """Real Fashion-MNIST images as non-square RGB PIL images (40 x 60)."""
+    from PIL import Image
+
+    arrays = load_images("fashion_mnist", "test", n=n, seed=1)
+    out = []
+    for img in arrays.images[:, 0].numpy():
+        pil = Image.fromarray(img).convert("RGB").resize((60, 40), Image.BILINEAR)
+        out.append(pil)
+    return out
+
+
+def test_torchvision_family_transform_matches_its_weights_preset():
+    tf = eval_transform("torchvision:resnet18")
+    assert (tf.size, tf.resize, tf.interpolation) == (224, 256, "bilinear")
+    assert tf.mean == (0.485, 0.456, 0.406) and tf.std == (0.229, 0.224, 0.225)
+    assert eval_transform("torchvision:efficientnet_b3").resize == 320
+    preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    for pil in _pil_images():
+        ref = preset(pil)  # (3, 224, 224)
+        ours = tf.normalize(torch.from_numpy(tf.resize_crop_pil(pil))[None])[0]
+        # PIL resizes uint8 images, torchvision resizes the uint8 tensor: <= 2/255 apart
+        assert ours.shape == ref.shape
+        assert float((ours - ref).abs().max()) < 2.5 / 255 / min(tf.std)
+        tensor = torch.from_numpy(np.asarray(pil).transpose(2, 0, 1).copy())[None]
+        batched = tf(tensor)[0]
+        assert float((batched - ref).abs().max()) < 2.5 / 255 / min(tf.std)
+
+
+def test_timm_family_transform_matches_create_transform():
+    pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    model = load_model("timm:resnet18", num_classes=10)
+    tf = eval_transform(model)
+    cfg = resolve_data_config({}, model=model.model)
+    ref_tf = create_transform(**cfg, is_training=False)
+    assert tf.size == 224 and tf.resize == int(224 / cfg["crop_pct"])
+    for pil in _pil_images():
+        ref = ref_tf(pil)
+        ours = tf.normalize(torch.from_numpy(tf.resize_crop_pil(pil))[None])[0]
+        assert ours.shape == ref.shape
+        assert float((ours - ref).abs().max()) < 2.5 / 255 / min(tf.std)
+
+
+def test_explicit_transform_values_win():
+    tf = eval_transform("torchvision:resnet18", input_size=64, mean=[0.5] * 3, std=[0.2] * 3)
+    assert tf == EvalTransform(64, 64, 3, (0.5,) * 3, (0.2,) * 3, "bilinear")
+    grey = eval_transform(nn.Linear(2, 2), input_size=(1, 28, 28))
+    assert grey.channels == 1 and len(grey.mean) == 1
