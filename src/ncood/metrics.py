@@ -72,6 +72,16 @@ CONVENTIONS = {
         "OpenOOD v1.5 convention (OOD positive): fraction of ID samples rejected when 95% of "
         "OOD samples are caught"
     ),
+    "intervals": (
+        "95% percentile bootstrap intervals: ID and OOD scores resampled separately with "
+        "replacement, B replicates as configured (default 1000); a paired comparison of two "
+        "detectors resamples the same samples for both and calls them about equal only when "
+        "the interval of the difference contains 0; over seeds: mean and std (ddof=1)"
+    ),
+    "relation": (
+        "Spearman correlation over the points (snapshot, layer, regime, seed) with a "
+        "bootstrap interval over points: descriptive, the points are not independent"
+    ),
 }
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_oodpos")
