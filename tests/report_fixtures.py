@@ -1,30 +1,39 @@
-"""A realistic synthetic ``results`` dict and ``scores`` for the report tests.
+"""A realistic synthetic :class:`~ncood.results.Results` and raw scores for the report tests.
 
-Follows docs/results_schema.md: two regimes (``standard`` and ``memorize``), six detectors,
-three OOD sets, the ten Fashion-MNIST classes, a 6-epoch history, collapse over 5 layers
-and at epochs [0, 1, 2, 4, 6]. Every OOD metric is computed from the synthetic scores
-(scikit-learn curves, the toolkit's conventions), every collapse number from synthetic
-class means and weights, so the numbers are mutually consistent.
+Two regimes (``standard`` and ``memorize``), six detectors, three OOD sets, the ten
+Fashion-MNIST classes, a 6-epoch training history, collapse at 5 layers and at snapshots
+[0, 1, 2, 4, 6]. Every number is computed, not typed in: OOD metrics from synthetic
+scores (scikit-learn curves, the toolkit's conventions); every NC metric from synthetic
+class-conditional features and a synthetic head with the formulas of DESIGN.md section 4,
+written here independently of ``ncood.collapse``; bootstrap intervals (``intervals=True``)
+from a plain loop over replicates. So the numbers are mutually consistent, and the tests
+can check the report against them.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
+import json
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 from ncood.data.datasets import FASHION_MNIST_CLASSES
+from ncood.results import PENULTIMATE, Results, row
 
 CLASSES = list(FASHION_MNIST_CLASSES)
 DETECTORS = ["msp", "maxlogit", "energy", "mahalanobis", "vim", "neco"]
 OOD_SETS = ["digits", "texture_crops", "gaussian_noise"]
 REGIMES = ["standard", "memorize"]
-LAYERS = ["stem", "layer1", "layer2", "layer3", "penultimate"]
+LAYERS = ["stem", "layer1", "layer2", "layer3", PENULTIMATE]
+DIMS = [16, 16, 32, 48, 48]
 SNAPSHOTS = [0, 1, 2, 4, 6]
+LAST = SNAPSHOTS[-1]
 LAYER_DETECTORS = ["mahalanobis", "vim", "neco"]
+N_PER_CLASS = 60
+PARAMS = {"msp": {"T": 1.0}, "energy": {"T": 1.0}, "vim": {"dim": 32}, "neco": {"variance": 0.9}}
 
 # ID/OOD separation (in ID standard deviations) per regime, detector and OOD set
 _SEPARATION = {
@@ -45,8 +54,12 @@ _SEPARATION = {
         "neco": (-0.8, 0.0, 1.0),
     },
 }
+# within-class spread of the features per regime, at each snapshot (penultimate layer)
+_SPREAD = {"standard": (3.0, 1.4, 1.1, 0.9, 0.8), "memorize": (3.0, 1.2, 0.8, 0.5, 0.2)}
+_ALIGN = {"standard": 0.8, "memorize": 0.95}  # classifier rows vs centred class means, at the end
 
 
+# ------------------------------------------------------------------------ OOD metrics
 def fpr_at_95_tpr(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """FPR@95 with ID positive: k = floor(0.95 n_id), threshold = k-th largest ID score."""
     k = math.floor(0.95 * len(id_scores))
@@ -69,88 +82,210 @@ def ood_metrics_reference(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict
     }
 
 
-def _scores(rng: np.random.Generator, n_id: int, n_ood: int) -> dict[str, np.ndarray]:
-    scores: dict[str, np.ndarray] = {}
-    for regime in REGIMES:
-        for det in DETECTORS:
-            id_raw = rng.normal(0.0, 1.0, n_id)
-            scale, shift = {"msp": (0.7, 1.5), "neco": (0.3, 0.0)}.get(det, (2.0, 8.0))
-            transform = (
-                (lambda x: 1.0 / (1.0 + np.exp(-x * 1.5 - 1.5)))
-                if det == "msp"
-                else (lambda x, a=scale, b=shift: a * x + b)
-            )
-            scores[f"{regime}/{det}/id"] = transform(id_raw)
-            for j, ood in enumerate(OOD_SETS):
-                sep = _SEPARATION[regime][det][j]
-                ood_raw = rng.normal(-sep, 1.2, n_ood)
-                scores[f"{regime}/{det}/{ood}"] = transform(ood_raw)
-    return scores
-
-
-def _collapse(rng: np.random.Generator, spread: float, align: float) -> dict:
-    """NC1-NC4 of synthetic class-conditional Gaussian features (float64, DESIGN.md 4)."""
-    C, D, n_c = len(CLASSES), 16, 60
-    means = rng.normal(0.0, 3.0, (C, D)) + 2.0
-    labels = np.repeat(np.arange(C), n_c)
-    feats = means[labels] + rng.normal(0.0, spread, (C * n_c, D)) * rng.uniform(
-        0.5, 1.5, (C * n_c, 1)
+def _rank_auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count one half) from average ranks: fast in a loop."""
+    ranks = rankdata(np.r_[s_id, s_ood])
+    return float(
+        (ranks[: len(s_id)].sum() - len(s_id) * (len(s_id) + 1) / 2) / (len(s_id) * len(s_ood))
     )
-    mu = np.stack([feats[labels == c].mean(0) for c in range(C)])  # (C, D)
-    mu_g = mu.mean(0)
-    M = mu - mu_g  # (C, D)
-    W = align * M + (1 - align) * rng.normal(0.0, 3.0, (C, D))
-    b = np.zeros(C)
-    dev = feats - mu[labels]
-    S_W = dev.T @ dev / len(feats)
+
+
+def bootstrap_auroc(id_a, ood_a, id_b=None, ood_b=None, n_boot: int = 200, seed: int = 0):
+    """Percentile 95% interval of AUROC(a) (or of AUROC(a) - AUROC(b), paired): plain loop."""
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        i, j = rng.integers(0, len(id_a), len(id_a)), rng.integers(0, len(ood_a), len(ood_a))
+        v = _rank_auroc(id_a[i], ood_a[j])
+        if id_b is not None:
+            v -= _rank_auroc(id_b[i], ood_b[j])
+        reps.append(v)
+    return tuple(float(q) for q in np.quantile(reps, [0.025, 0.975]))
+
+
+def _scores(rng: np.random.Generator, regime: str, scale: float, n_id: int, n_ood: int):
+    """Raw scores of every detector on ID and each OOD set; ``scale`` shrinks separation."""
+    out: dict[str, np.ndarray] = {}
+    for det in DETECTORS:
+        a, b = {"msp": (0.7, 1.5), "neco": (0.3, 0.0)}.get(det, (2.0, 8.0))
+        if det == "msp":
+
+            def f(x):
+                return 1.0 / (1.0 + np.exp(-x * 1.5 - 1.5))
+        else:
+
+            def f(x, a=a, b=b):
+                return a * x + b
+
+        out[f"{regime}/{det}/id"] = f(rng.normal(0.0, 1.0, n_id))
+        for j, ood in enumerate(OOD_SETS):
+            sep = _SEPARATION[regime][det][j] * scale
+            out[f"{regime}/{det}/{ood}"] = f(rng.normal(-sep, 1.2, n_ood))
+    return out
+
+
+# ------------------------------------------------------------------------ collapse
+def collapse_reference(z: np.ndarray, y: np.ndarray, W: np.ndarray | None, b=None) -> dict:
+    """NC metrics of DESIGN.md section 4 in float64, straight from the definitions."""
+    C = int(y.max()) + 1
+    mu = np.stack([z[y == c].mean(0) for c in range(C)])  # (C, D)
+    M = mu - mu.mean(0)
+    dev = z - mu[y]
+    S_W = dev.T @ dev / len(z)
     S_B = M.T @ M / C
     evals, evecs = np.linalg.eigh(S_B)
-    top = evecs[:, -(C - 1) :], evals[-(C - 1) :]
-    S_B_pinv = (top[0] / top[1]) @ top[0].T
-    var_c = np.array([np.sum(dev[labels == c] ** 2) / n_c for c in range(C)])
-
-    def offdiag_cos(A: np.ndarray) -> np.ndarray:
-        U = A / np.linalg.norm(A, axis=1, keepdims=True)
-        G = U @ U.T
-        return G[~np.eye(C, dtype=bool)]
-
-    cos_m, cos_w = offdiag_cos(M), offdiag_cos(W)
-    norms_m, norms_w = np.linalg.norm(M, axis=1), np.linalg.norm(W, axis=1)
-    pair_cdnv = [
-        (var_c[i] + var_c[j]) / (2 * np.sum((mu[i] - mu[j]) ** 2))
-        for i, j in itertools.combinations(range(C), 2)
-    ]
-    pred_head = np.argmax(feats @ W.T + b, axis=1)
-    pred_ncc = np.argmin(((feats[:, None, :] - mu[None]) ** 2).sum(-1), axis=1)
-    dist = np.sqrt(((mu[:, None, :] - mu[None]) ** 2).sum(-1))
-    return {
+    r = min(C - 1, z.shape[1])
+    S_B_pinv = (evecs[:, -r:] / evals[-r:]) @ evecs[:, -r:].T
+    var_c = np.array([np.mean(np.sum(dev[y == c] ** 2, 1)) for c in range(C)])
+    pairs = list(itertools.combinations(range(C), 2))
+    dist = np.sqrt(((mu[:, None] - mu[None]) ** 2).sum(-1))
+    ncc = np.argmin(((z[:, None, :] - mu[None]) ** 2).sum(-1), axis=1)
+    out = {
         "nc1": float(np.trace(S_W @ S_B_pinv) / C),
         "nc1_trace": float(np.trace(S_W) / np.trace(S_B)),
-        "cdnv": float(np.mean(pair_cdnv)),
-        "nc2_equinorm_means": float(norms_m.std() / norms_m.mean()),
-        "nc2_equinorm_weights": float(norms_w.std() / norms_w.mean()),
-        "nc2_equiangular_means": float(cos_m.std()),
-        "nc2_equiangular_weights": float(cos_w.std()),
-        "nc2_maxangle_means": float(np.mean(np.abs(cos_m + 1 / (C - 1)))),
-        "nc2_maxangle_weights": float(np.mean(np.abs(cos_w + 1 / (C - 1)))),
-        "nc3": float(
-            np.sum((W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2),
-        ),
-        "nc4": float(np.mean(pred_head != pred_ncc)),
-        "etf_exists": True,
-        "notes": [],
-        "per_class": {
-            "within_variance": var_c.tolist(),
-            "weight_mean_cos": (np.sum(W * M, 1) / (norms_w * norms_m)).tolist(),
-            "counts": [n_c] * C,
-        },
-        "cos_means_offdiag": cos_m.tolist(),
-        "cos_weights_offdiag": cos_w.tolist(),
-        "mean_distances": dist.tolist(),
+        "cdnv": float(np.mean([(var_c[i] + var_c[j]) / (2 * dist[i, j] ** 2) for i, j in pairs])),
+        "ncc_acc": float(np.mean(ncc == y)),
+        "dim": z.shape[1],
+        "within_class_variance": var_c,
+        "mean_distance": np.array([dist[i, j] for i, j in pairs]),
+        "count": np.bincount(y, minlength=C),
     }
+    if W is None:
+        return out
+    head = np.argmax(z @ W.T + b, axis=1)
+    for name, A in (("means", M), ("weights", W)):
+        norms = np.linalg.norm(A, axis=1)
+        U = A / norms[:, None]
+        cos = np.array([U[i] @ U[j] for i, j in pairs])
+        out[f"nc2_equinorm_{name}"] = float(norms.std() / norms.mean())
+        out[f"nc2_equiangular_{name}"] = float(cos.std())
+        out[f"nc2_maxangle_{name}"] = float(np.mean(np.abs(cos + 1 / (C - 1))))
+        out["mean_cosine" if name == "means" else "weight_cosine"] = cos
+    out["nc3"] = float(np.sum((W / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2))
+    out["nc4"] = float(np.mean(head != ncc))
+    out["train_error"] = float(np.mean(head != y))
+    out["weight_mean_cosine"] = np.sum(W * M, 1) / (
+        np.linalg.norm(W, axis=1) * np.linalg.norm(M, axis=1)
+    )
+    return out
 
 
-def _history(rng: np.random.Generator, regime: str, n_epochs: int = 6) -> list[dict]:
+def nc5_reference(z: np.ndarray, y: np.ndarray, z_ood: np.ndarray, centred: bool = False) -> float:
+    """OrthoDev: mean_c |cos(mu_c, mu_OOD)| (uncentred, NECO), or centred on mu_G."""
+    mu = np.stack([z[y == c].mean(0) for c in range(int(y.max()) + 1)])
+    m_ood = z_ood.mean(0)
+    if centred:
+        mu, m_ood = mu - mu.mean(0), m_ood - mu.mean(0)
+    return float(np.mean(np.abs(mu @ m_ood) / (np.linalg.norm(mu, axis=1) * np.linalg.norm(m_ood))))
+
+
+def _features(rng, means: np.ndarray, spread: float):
+    C = len(means)
+    y = np.repeat(np.arange(C), N_PER_CLASS)
+    noise = rng.normal(0.0, spread, (len(y), means.shape[1])) * rng.uniform(0.5, 1.5, (len(y), 1))
+    return means[y] + noise, y
+
+
+def _nc_rows(m: dict, base: dict, oods: dict | None = None) -> list[dict]:
+    """Rows of one collapse analysis: scalars, per-class arrays (i) and pairs (i < j)."""
+    rows = []
+    pairs = list(itertools.combinations(range(len(CLASSES)), 2))
+    for k, v in m.items():
+        if np.ndim(v) == 0:
+            rows.append(row(k, v, **base))
+        elif len(v) == len(CLASSES):
+            rows += [row(k, x, i=i, **base) for i, x in enumerate(v)]
+        else:
+            rows += [row(k, x, i=i, j=j, **base) for (i, j), x in zip(pairs, v, strict=True)]
+    for ood, (nc5, nc5c, n_ood) in (oods or {}).items():
+        rows.append(row("nc5", nc5, ood=ood, **{**base, "n_ood": n_ood}))
+        rows.append(row("nc5_centred", nc5c, ood=ood, **{**base, "n_ood": n_ood}))
+    return rows
+
+
+def _regime_rows(rng, regime: str, n_id: int, n_ood: int, intervals: bool):
+    rows: list[dict] = []
+    scores = _scores(rng, regime, 1.0, n_id, n_ood)
+    base = {"regime": regime, "seed": 0, "epoch": LAST}
+    # OOD detection of the final network, penultimate layer
+    for det, ood in itertools.product(DETECTORS, OOD_SETS):
+        s_id, s_ood = scores[f"{regime}/{det}/id"], scores[f"{regime}/{det}/{ood}"]
+        ci = bootstrap_auroc(s_id, s_ood) if intervals else None
+        for k, v in ood_metrics_reference(s_id, s_ood).items():
+            rows.append(
+                row(k, v, layer=PENULTIMATE, detector=det, ood=ood, params=PARAMS.get(det),
+                    ci=ci if k == "auroc" else None, n_id=n_id, n_ood=n_ood, **base)
+            )  # fmt: skip
+    if intervals:  # paired AUROC difference of each detector against the next in the list
+        for (a, b), ood in itertools.product(itertools.pairwise(DETECTORS), OOD_SETS):
+            ia, oa, ib, ob = (scores[f"{regime}/{d}/{s}"] for d in (a, b) for s in ("id", ood))
+            diff = _rank_auroc(ia, oa) - _rank_auroc(ib, ob)
+            rows.append(
+                row("auroc_diff", diff, layer=PENULTIMATE, detector=a, ood=ood, params={"vs": b},
+                    ci=bootstrap_auroc(ia, oa, ib, ob), n_id=n_id, n_ood=n_ood, **base)
+            )  # fmt: skip
+    # per-layer AUROC of the feature-space detectors (earlier layers separate less)
+    for k, layer in enumerate(LAYERS[:-1]):
+        layer_scores = _scores(rng, regime, (k + 1) / len(LAYERS), n_id, n_ood)
+        if layer == "layer3":  # one pair where an earlier layer wins, as in real networks
+            layer_scores[f"{regime}/mahalanobis/gaussian_noise"] -= 4.0
+        for det, ood in itertools.product(LAYER_DETECTORS, OOD_SETS):
+            s_id, s_ood = layer_scores[f"{regime}/{det}/id"], layer_scores[f"{regime}/{det}/{ood}"]
+            auroc = ood_metrics_reference(s_id, s_ood)["auroc"]
+            rows.append(
+                row(
+                    "auroc",
+                    auroc,
+                    layer=layer,
+                    detector=det,
+                    ood=ood,
+                    n_id=n_id,
+                    n_ood=n_ood,
+                    **base,
+                )
+            )
+    # collapse: penultimate at every snapshot, every layer at the last one
+    C = len(CLASSES)
+    means = {lay: rng.normal(0.0, 1.0, (C, d)) + 0.5 for lay, d in zip(LAYERS, DIMS, strict=True)}
+    W0 = rng.normal(0.0, 1.0, (C, DIMS[-1]))
+    ood_means = {o: rng.normal(0.3, 1.0, DIMS[-1]) for o in OOD_SETS}
+    n_train = C * N_PER_CLASS
+    for e, spread in zip(SNAPSHOTS, _SPREAD[regime], strict=True):
+        z, y = _features(rng, means[PENULTIMATE], spread)
+        if regime == "standard":  # label noise it does not memorize: train error stays > 0
+            flip = rng.random(len(y)) < 0.03
+            y[flip] = (y[flip] + 1) % C
+        M = np.stack([z[y == c].mean(0) for c in range(C)])
+        align = _ALIGN[regime] * min(1.0, e / 4)
+        W = align * (M - M.mean(0)) + (1 - align) * W0
+        oods = {}
+        for o, m in ood_means.items():
+            z_ood = m + rng.normal(0.0, 1.0, (n_ood, DIMS[-1]))
+            oods[o] = (nc5_reference(z, y, z_ood), nc5_reference(z, y, z_ood, True), n_ood)
+        base_e = {**base, "epoch": e, "layer": PENULTIMATE, "n_id": n_train}
+        rows += _nc_rows(collapse_reference(z, y, W, np.zeros(C)), base_e, oods)
+    nc1_trace = []
+    for k, layer in enumerate(LAYERS[:-1]):
+        z, y = _features(rng, means[layer], _SPREAD[regime][-1] * (len(LAYERS) - k) * 0.8)
+        m = collapse_reference(z, y, None)
+        nc1_trace.append(m["nc1_trace"])
+        rows += _nc_rows(m, {**base, "layer": layer, "n_id": n_train})
+    nc1_trace.append(
+        next(
+            r["value"]
+            for r in rows
+            if r["metric"] == "nc1_trace" and r["epoch"] == LAST and r["layer"] == PENULTIMATE
+        )
+    )
+    # log-linear fit of NC1 (trace) over depth: log v = a + rate * layer index
+    x, logv = np.arange(len(LAYERS)), np.log(nc1_trace)
+    rate, a = np.polyfit(x, logv, 1)
+    r2 = 1 - np.sum((logv - a - rate * x) ** 2) / np.sum((logv - logv.mean()) ** 2)
+    rows += [row("nc1_trace.decay_rate", rate, **base), row("nc1_trace.decay_r2", r2, **base)]
+    return rows, scores
+
+
+def _history(regime: str, n_epochs: int = LAST) -> list[dict]:
     rows = []
     for e in range(1, n_epochs + 1):
         t = e / n_epochs
@@ -160,155 +295,30 @@ def _history(rng: np.random.Generator, regime: str, n_epochs: int = 6) -> list[d
         else:
             tr_loss, te_loss = 0.8 * math.exp(-5.0 * t) + 0.002, 0.45 + 0.25 * t**2
             tr_acc, te_acc = 0.75 + 0.25 * t, 0.84 + 0.02 * t - 0.03 * t**2
-        rows.append(
-            {
-                "epoch": e,
-                "train_loss": tr_loss + rng.normal(0, 0.005),
-                "train_acc": min(1.0, tr_acc),
-                "test_loss": te_loss + rng.normal(0, 0.005),
-                "test_acc": te_acc,
-                "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * (e - 1) / n_epochs)),
-                "seconds": 24.0 + rng.normal(0, 0.5),
-                "images_per_s": 500.0 + rng.normal(0, 10),
-            }
-        )
+        values = {
+            "train_loss": tr_loss,
+            "train_acc": min(1.0, tr_acc),
+            "test_loss": te_loss,
+            "test_acc": te_acc,
+            "lr": 0.1 * 0.5 * (1 + math.cos(math.pi * (e - 1) / n_epochs)),
+        }
+        rows += [row(k, v, regime=regime, seed=0, epoch=e) for k, v in values.items()]
     return rows
 
 
-def _depth(rng: np.random.Generator, regime: str, ood_auroc: dict[str, dict[str, float]]) -> dict:
-    n = len(LAYERS)
-    collapsed = regime == "standard"
-    nc1_trace = (8.0 if collapsed else 10.0) * np.exp(-np.arange(n) * (0.7 if collapsed else 0.4))
-    per_layer = {}
-    for i, layer in enumerate(LAYERS):
-        per_layer[layer] = {}
-        for det in LAYER_DETECTORS:
-            per_layer[layer][det] = {}
-            for ood in OOD_SETS:
-                final = ood_auroc[det][ood]
-                val = 0.5 + (final - 0.5) * (i + 1) / n + rng.normal(0, 0.01)
-                per_layer[layer][det][ood] = float(np.clip(val, 0.0, 1.0))
-    # one pair where an earlier layer wins, as happens with real networks
-    per_layer["layer3"]["mahalanobis"]["gaussian_noise"] = min(
-        0.999, ood_auroc["mahalanobis"]["gaussian_noise"] + 0.006
-    )
+def meta(n_id: int, n_ood: int) -> dict:
+    """run.json of the synthetic run (with a string that must be escaped in HTML)."""
     return {
-        "layers": list(LAYERS),
-        "metrics": {
-            "nc1_trace": nc1_trace.tolist(),
-            "cdnv": (nc1_trace / 4).tolist(),
-            "ncc_acc": np.linspace(0.55, 0.97 if collapsed else 0.9, n).tolist(),
-            "nc1": (nc1_trace * 3).tolist(),
-        },
-        "dims": [16, 16, 32, 64, 64],
-        "decay": {
-            "nc1_trace": {
-                "rate": -0.7 if collapsed else -0.4,
-                "factor": math.exp(-0.7 if collapsed else -0.4),
-                "r2": 0.98,
-            }
-        },
-        "ood_auroc": per_layer,
-    }
-
-
-def _epochs(regime: str) -> dict:
-    e = np.array(SNAPSHOTS, dtype=float)
-    if regime == "standard":
-        train_error = [0.9, 0.2, 0.12, 0.07, 0.05]
-        zero = None
-        decay = np.exp(-e / 2.5)
-    else:
-        train_error = [0.9, 0.15, 0.06, 0.01, 0.0]
-        zero = 6
-        decay = 1.5 * np.exp(-e / 5.0)
-    return {
-        "epochs": list(SNAPSHOTS),
-        "train_error": train_error,
-        "metrics": {
-            "nc1": (0.3 + 20 * decay).tolist(),
-            "nc1_trace": (0.1 + 5 * decay).tolist(),
-            "cdnv": (0.05 + 2 * decay).tolist(),
-            "nc2_equinorm_means": (0.1 + 0.4 * decay).tolist(),
-            "nc2_equiangular_means": (0.1 + 0.2 * decay).tolist(),
-            "nc2_maxangle_means": (0.08 + 0.2 * decay).tolist(),
-            "nc3": (0.3 + 1.2 * decay).tolist(),
-            "nc4": (0.01 + 0.3 * decay).tolist(),
-        },
-        "nc5": {ood: (0.2 + 0.5 * decay + 0.05 * j).tolist() for j, ood in enumerate(OOD_SETS)},
-        "zero_error_epoch": zero,
-    }
-
-
-def make_results(
-    seed: int = 0, n_id: int = 1000, n_ood: int = 600
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Build ``(results, scores)`` as ``ncood run`` writes them (schema_version 1)."""
-    rng = np.random.default_rng(seed)
-    scores = _scores(rng, n_id, n_ood)
-    regimes = {}
-    for regime in REGIMES:
-        ood = {
-            det: {
-                o: ood_metrics_reference(
-                    scores[f"{regime}/{det}/id"], scores[f"{regime}/{det}/{o}"]
-                )
-                for o in OOD_SETS
-            }
-            for det in DETECTORS
-        }
-        auroc = {det: {o: ood[det][o]["auroc"] for o in OOD_SETS} for det in DETECTORS}
-        history = _history(rng, regime)
-        last = history[-1]
-        collapse = (
-            _collapse(rng, spread=0.8, align=0.8)
-            if regime == "standard"
-            else _collapse(rng, spread=3.0, align=0.2)
-        )
-        base_nc5 = 0.15 if regime == "standard" else 0.35
-        regimes[regime] = {
-            "checkpoint": f"regimes/{regime}/train/last.pt",
-            "final": {k: last[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-            "history": history,
-            "ood": ood,
-            "collapse": collapse,
-            "nc5": {o: base_nc5 + 0.05 * j for j, o in enumerate(OOD_SETS)},
-            "nc5_centred": {o: base_nc5 / 2 + 0.03 * j for j, o in enumerate(OOD_SETS)},
-            "depth": _depth(rng, regime, auroc),
-            # the schema doc lists "epochs" twice; the across-training object is the one
-            # that survives JSON parsing (the last key wins)
-            "epochs": _epochs(regime),
-        }
-    config = {
-        "name": "default",
-        "seed": 0,
-        "output": "runs/default",
-        "device": "auto",
-        "model": "resnet_narrow",
-        "model_kwargs": {},
-        "data": {
-            "id": "fashion_mnist",
-            "ood": list(OOD_SETS),
-            "root": None,
-            "allow_subset": True,
-            "train_samples": 12000,
-            "test_samples": None,
-            "ood_samples": 2000,
-        },
-        "training": {"precision": "bf16", "batch_size": 128, "snapshots": "log"},
-        "regimes": {"standard": {"epochs": 6}, "memorize": {"epochs": 6}},
-        "detectors": {d: {} for d in DETECTORS},
-        "collapse": {
-            "layers": None,
-            "across_training": True,
-            "layer_detectors": list(LAYER_DETECTORS),
-        },
-    }
-    results = {
-        "schema_version": 1,
         "ncood_version": "0.1.0",
         "created": "2026-11-28T01:23:45Z",
-        "config": config,
+        "config": {
+            "name": "default",
+            "seed": 0,
+            "model": "resnet_narrow",
+            "data": {"id": "fashion_mnist", "ood": list(OOD_SETS), "train_samples": 12000},
+            "regimes": {r: {"epochs": LAST} for r in REGIMES},
+            "detectors": {d: PARAMS.get(d, {}) for d in DETECTORS},
+        },
         "environment": {
             "python": "3.11.2",
             "torch": "2.14.1",
@@ -323,7 +333,7 @@ def make_results(
                 "name": "fashion_mnist",
                 "source": "/work/shared/data/fashion-mnist",
                 "classes": list(CLASSES),
-                "n_train": 12000,
+                "n_train": len(CLASSES) * N_PER_CLASS,
                 "n_test": n_id,
             },
             "ood": {
@@ -332,38 +342,48 @@ def make_results(
                 "gaussian_noise": {"source": "generated, seed 0", "n": n_ood},
             },
         },
-        "durations": {
-            "standard/train": 150.2,
-            "standard/extract": 7.1,
-            "memorize/train": 148.9,
-            "memorize/extract": 7.0,
-            "total": 330.4,
-        },
+        "durations": {"standard/train": 150.2, "memorize/train": 148.9, "total": 330.4},
         "conventions": {
-            "positive": "ID",
-            "score_sign": "higher = more in-distribution",
+            "positive": "ID (in-distribution) is the positive class",
             "fpr95": "k = floor(0.95 n_id); threshold = k-th largest ID score",
-            "aupr": "trapezoidal area under the precision-recall curve",
-            "fpr95_oodpos": "OpenOOD v1.5: fraction of ID rejected at 95% OOD recall",
         },
-        "detectors": {
-            "msp": {"T": 1.0},
-            "maxlogit": {},
-            "energy": {"T": 1.0},
-            "mahalanobis": {},
-            "vim": {"dim": 32},
-            "neco": {"variance": 0.9},
-        },
-        "regimes": regimes,
-        "findings": [],
+        "detectors": {d: PARAMS.get(d, {}) for d in DETECTORS},
     }
-    return results, scores
 
 
-def strip_optional(results: dict) -> dict:
-    """A copy with every optional regime part removed (collapse, NC5, depth, epochs)."""
-    out = copy.deepcopy(results)
-    for reg in out["regimes"].values():
-        for key in ("collapse", "nc5", "nc5_centred", "depth", "epochs", "history"):
-            reg.pop(key, None)
+def make_results(
+    seed: int = 0, n_id: int = 1000, n_ood: int = 600, *, intervals: bool = False
+) -> tuple[Results, dict[str, np.ndarray]]:
+    """``(results, scores)`` of a synthetic two-regime run, every number computed.
+
+    Args:
+        intervals: add bootstrap intervals to the AUROC rows and paired ``auroc_diff`` rows
+            (each detector against the next one in :data:`DETECTORS`).
+    """
+    rng = np.random.default_rng(seed)
+    rows, scores = [], {}
+    for regime in REGIMES:
+        rows += _history(regime)
+        regime_rows, regime_scores = _regime_rows(rng, regime, n_id, n_ood, intervals)
+        rows += regime_rows
+        scores.update(regime_scores)
+    return Results(rows, meta(n_id, n_ood)), scores
+
+
+def with_seeds(results: Results, n: int = 3, seed: int = 1) -> Results:
+    """The rows repeated for ``n`` seeds, values jittered by a little noise (seed 0 kept)."""
+    rng = np.random.default_rng(seed)
+    df = results.to_frame()
+    parts = [df]
+    for s in range(1, n):
+        noise = rng.normal(0.0, 0.01, len(df)) * df["value"].abs()
+        parts.append(df.assign(seed=s, value=df["value"] + noise, ci_low=None, ci_high=None))
+    out = Results.concat([Results(p) for p in parts], meta=results.meta)
     return out
+
+
+def without(results: Results, **filters) -> Results:
+    """A copy without the rows matching ``filters`` (a list matches any of its values)."""
+    df = results.to_frame()
+    drop = df.index.isin(results.select(**filters).index)
+    return Results(df[~drop], json.loads(json.dumps(results.meta)))

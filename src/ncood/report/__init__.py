@@ -1,37 +1,33 @@
-"""Reports of a run: tables, figures, findings, ``report.md`` and ``report.html``.
+"""Reports of a run, read from its tidy results table only.
 
 ```python
-from ncood.report import write_report, validate_results, format_terminal_summary, findings
-validate_results(results)                      # raises ResultsError naming the bad field
-paths = write_report(results, scores, "runs/default")   # figures/*.png, report.md, report.html
-print(format_terminal_summary(results))        # plain-text tables for the terminal (CLI only)
+from ncood.report import write_report, terminal_summary, findings
+paths = write_report(results, "runs/default", scores)   # report.html, report.md, figures/*.png
+print(terminal_summary(results))                       # plain-text tables (the CLI prints)
+findings(results)                                      # sentences quoting the numbers
 ```
 
-``results`` is the content of results.json (docs/results_schema.md, checked against
-``schema.json``); ``scores`` the content of scores.npz.
+``results`` is a :class:`ncood.results.Results`; ``scores`` the optional raw detector
+scores ``{"<regime>/<detector>/<split>": (n,) array}`` (the content of scores.npz).
 """
 
+from ncood.report import tables as _tables
 from ncood.report.findings import findings
-from ncood.report.render import (
-    SECTION_IDS,
-    ResultsError,
-    render_html,
-    render_markdown,
-    results_schema,
-    validate_results,
-    write_report,
-)
-from ncood.report.tables import format_terminal_summary, markdown_tables
+from ncood.report.render import SECTION_IDS, write_report
+from ncood.results import Results
 
-__all__ = [
-    "SECTION_IDS",
-    "ResultsError",
-    "findings",
-    "format_terminal_summary",
-    "markdown_tables",
-    "render_html",
-    "render_markdown",
-    "results_schema",
-    "validate_results",
-    "write_report",
-]
+
+def terminal_summary(results: Results) -> str:
+    """The main result tables as plain text for a terminal (``*`` marks the best values).
+
+    Training, then per regime AUROC and FPR@95 of every detector on every OOD set, then
+    NC1-NC4 and NC5 of the penultimate layer; tables the run did not compute are left out.
+    """
+    res = results
+    tables = [_tables.training_table(res)]
+    tables += [_tables.compact_ood_table(res, r) for r in _tables.regimes(res)]
+    tables += [_tables.collapse_table(res), _tables.nc5_table(res)]
+    return "\n".join(_tables.text_table(t) for t in tables if t.rows)
+
+
+__all__ = ["SECTION_IDS", "findings", "terminal_summary", "write_report"]

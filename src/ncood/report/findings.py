@@ -1,11 +1,14 @@
 """Short generated sentences stating what the numbers of a run show, and nothing more.
 
-Each sentence is computed from ``results`` (docs/results_schema.md) alone and quotes the
-numbers it rests on. Differences below a stated tolerance are called "about equal":
-
-- AUROC: less than 1 percentage point (:data:`AUROC_TOL`);
-- NC1 between regimes: a ratio below 1.1 (:data:`NC1_RATIO_TOL`);
-- NC5 between regimes: a relative difference below 5% (:data:`NC5_REL_TOL`).
+Every sentence is a query over a :class:`~ncood.results.Results` and quotes the numbers it
+rests on: ``value``, ``value (95% CI [lo, hi])`` where the run computed an interval, or
+``mean ± std over n seeds``. A difference between two detectors is called real ("A beats
+B by x points") or "about equal" only from a paired bootstrap interval of the difference
+(rows ``metric="auroc_diff"``, ``detector=A``, ``params={"vs": B}``, value AUROC(A) -
+AUROC(B)): "about equal" exactly when that interval contains 0. Without such an interval
+the numbers are stated without a claim either way (a fixed tolerance cannot tell a real
+gap from noise). A detector is said to score below chance only when its AUROC (or, with
+an interval, the whole interval) is below 50%.
 
 "More collapsed" always means "lower NC1" (Papyan, Han & Donoho 2020, arXiv 2008.08186);
 NC5 is NECO's OrthoDev (Ben Ammar et al. 2024, arXiv 2310.06823).
@@ -13,308 +16,279 @@ NC5 is NECO's OrthoDev (Ben Ammar et al. 2024, arXiv 2310.06823).
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
-from ncood.report.tables import (
-    across_training,
-    detector_names,
-    is_number,
-    ood_names,
-    regime_names,
-)
+import numpy as np
+import pandas as pd
 
-AUROC_TOL = 0.01  # one AUROC point: below it two detectors or regimes are "about equal"
-NC1_RATIO_TOL = 1.1  # NC1 ratios below 1.1x are "about equal"
-NC5_REL_TOL = 0.05  # NC5 values within 5% of the larger are "about equal"
-
-
-def _p(v: float) -> str:
-    return f"{100.0 * v:.2f}%"
-
-
-def _g(v: float) -> str:
-    return f"{v:.3g}"
+from ncood.report import tables as T
+from ncood.results import PENULTIMATE, Results
 
 
 def _join(items: list[str]) -> str:
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
-def _aurocs(results: dict[str, Any], regime: str, ood: str) -> dict[str, float]:
-    per_det = results["regimes"][regime].get("ood", {})
-    out = {}
-    for det in detector_names(results):
-        v = per_det.get(det, {}).get(ood, {}).get("auroc")
-        if is_number(v):
-            out[det] = float(v)
-    return out
+def _say(rows: pd.DataFrame, fmt=T.pct, unit: str = "%") -> str:
+    """The number behind ``rows`` with its interval or its spread over seeds."""
+    mean, std, lo, hi, n = T.summary(rows)
+    if n > 1:
+        return f"{fmt(mean)}{unit} ± {fmt(std)} over {n} seeds"
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{fmt(mean)}{unit} (95% CI [{fmt(lo)}, {fmt(hi)}])"
+    return f"{fmt(mean)}{unit}"
 
 
-def best_detector_findings(results: dict[str, Any]) -> list[str]:
-    """The best detector per OOD set per regime, with its AUROC; near-ties named as such."""
+def _by(df: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    return {k: g for k, g in df.groupby(column, sort=False) if np.isfinite(T.summary(g)[0])}
+
+
+def _mean(rows: pd.DataFrame) -> float:
+    return T.summary(rows)[0]
+
+
+def _upper(rows: pd.DataFrame) -> float:
+    """What a "below chance" claim must clear: the interval's upper end where computed."""
+    mean, _, _, hi, n = T.summary(rows)
+    return hi if n == 1 and np.isfinite(hi) else mean
+
+
+def _paired(
+    res: Results, regime: str, ood: str, a: str, b: str
+) -> tuple[float, float, float] | None:
+    """AUROC(a) - AUROC(b) with its paired interval, if the run computed it (one seed)."""
+    for det, vs, sign in ((a, b, 1.0), (b, a, -1.0)):
+        rows = T.final(res, regime, layer=PENULTIMATE, ood=ood, metric="auroc_diff", detector=det)
+        vs_of = rows["params"].map(lambda p: json.loads(p).get("vs") if p else None)
+        rows = rows[vs_of == vs]
+        if len(rows) == 1 and np.isfinite(rows[["ci_low", "ci_high"]].to_numpy(float)).all():
+            v, lo, hi = rows[["value", "ci_low", "ci_high"]].iloc[0].to_numpy(float)
+            return (v, lo, hi) if sign > 0 else (-v, -hi, -lo)
+    return None
+
+
+def compare(res: Results, regime: str, ood: str, a: str, b: str, auroc: dict) -> str:
+    """``a`` (higher AUROC) against ``b``: a claim from the paired interval, else the numbers."""
+    diff = _paired(res, regime, ood, a, b)
+    if diff is None:
+        gap = 100 * (_mean(auroc[a]) - _mean(auroc[b]))
+        return f"next: {b}, {_say(auroc[b])}, {gap:.2f} points lower"
+    v, lo, hi = (100 * x for x in diff)
+    ci = f"(95% CI [{lo:.2f}, {hi:.2f}])"
+    if lo <= 0 <= hi:
+        return f"{a} and {b} ({_say(auroc[b])}) are about equal: difference {v:.2f} points {ci}"
+    return f"{a} beats {b} ({_say(auroc[b])}) by {v:.2f} points {ci}"
+
+
+def best_detector_findings(res: Results) -> list[str]:
+    """The best detector per OOD set per regime; the runner-up; detectors below chance."""
     out = []
-    for reg in regime_names(results):
-        for ood in ood_names(results):
-            vals = _aurocs(results, reg, ood)
-            if not vals:
+    for reg in T.regimes(res):
+        for ood in T.oods(res):
+            auroc = _by(T.final(res, reg, layer=PENULTIMATE, ood=ood, metric="auroc"), "detector")
+            if not auroc:
                 continue
-            ranked = sorted(vals.items(), key=lambda kv: -kv[1])
-            best, v = ranked[0]
-            ties = [(d, x) for d, x in ranked[1:] if v - x < AUROC_TOL]
-            s = f"Best detector on {ood} ({reg}): {best}, AUROC {_p(v)}"
-            if ties:
+            ranked = sorted(auroc, key=lambda d: -_mean(auroc[d]))
+            s = f"Best detector on {ood} ({reg}): {ranked[0]}, AUROC {_say(auroc[ranked[0]])}"
+            if len(ranked) > 1:
+                s += "; " + compare(res, reg, ood, ranked[0], ranked[1], auroc)
+            below = [d for d in ranked if _upper(auroc[d]) < 0.5]
+            if below:
+                who = _join([f"{d} ({_say(auroc[d])})" for d in below])
+                verb = "it scores" if len(below) == 1 else "they score"
                 s += (
-                    "; "
-                    + _join([f"{d} ({_p(x)})" for d, x in ties])
-                    + " within 1 point, about equal."
+                    f". AUROC below 50% (chance) for {who}: {verb} {ood} as more in-distribution "
+                    "than the ID test set more often than not"
                 )
-            elif len(ranked) > 1:
-                d2, x2 = ranked[1]
-                s += f", {100 * (v - x2):.2f} points above the next, {d2} ({_p(x2)})."
-            else:
-                s += "."
-            inverted = [d for d, x in ranked if x < 0.5 - AUROC_TOL]
-            if inverted:
-                s += (
-                    f" {_join(inverted)} {'gives' if len(inverted) == 1 else 'give'} {ood} "
-                    "higher scores than ID test data more often than not (AUROC below 50%)."
-                )
-            out.append(s)
+            out.append(s + ".")
     return out
 
 
-def _nc1_by_regime(results: dict[str, Any], key: str = "nc1") -> dict[str, float]:
-    out = {}
-    for reg in regime_names(results):
-        v = (results["regimes"][reg].get("collapse") or {}).get(key)
-        if is_number(v) and v > 0:
-            out[reg] = float(v)
-    return out
+def _nc(res: Results, metric: str) -> dict[str, pd.DataFrame]:
+    parts = [
+        T.final(res, r, layer=PENULTIMATE, metric=metric, ood=None, i=None) for r in T.regimes(res)
+    ]
+    return _by(pd.concat(parts), "regime") if parts else {}
 
 
-def more_collapsed(results: dict[str, Any]) -> tuple[str, str, float] | None:
-    """``(most collapsed, least collapsed, NC1 ratio)`` by NC1, or None if not comparable."""
-    nc1 = _nc1_by_regime(results)
+def more_collapsed(res: Results) -> tuple[str, str] | None:
+    """``(lowest-NC1 regime, highest-NC1 regime)``, or None with fewer than two regimes."""
+    nc1 = _nc(res, "nc1")
     if len(nc1) < 2:
         return None
-    lo = min(nc1, key=nc1.get)
-    hi = max(nc1, key=nc1.get)
-    return lo, hi, nc1[hi] / nc1[lo]
+    ranked = sorted(nc1, key=lambda r: _mean(nc1[r]))
+    return ranked[0], ranked[-1]
 
 
-def collapse_findings(results: dict[str, Any]) -> list[str]:
-    """Which regime is more collapsed by NC1, by how many times, and whether NC1_trace agrees."""
-    cmp = more_collapsed(results)
-    if cmp is None:
+def collapse_findings(res: Results) -> list[str]:
+    """Which regime has the lower NC1, by how many times, and whether NC1 (trace) agrees."""
+    pair = more_collapsed(res)
+    if pair is None:
         return []
-    lo, hi, ratio = cmp
-    nc1 = _nc1_by_regime(results)
-    if ratio < NC1_RATIO_TOL:
-        values = _join([f"{r} {_g(v)}" for r, v in nc1.items()])
-        return [f"NC1 is about equal across regimes ({values}; ratio {ratio:.2f}x)."]
+    lo, hi = pair
+    nc1, tr = _nc(res, "nc1"), _nc(res, "nc1_trace")
+    a, b = _mean(nc1[lo]), _mean(nc1[hi])
+    if a == b:
+        values = _join([f"{r} {_say(v, T.sig, '')}" for r, v in nc1.items()])
+        return [f"NC1 is equal across regimes ({values})."]
     s = (
-        f"By NC1, {lo} is more collapsed than {hi}: NC1 {_g(nc1[lo])} vs {_g(nc1[hi])}, "
-        f"{ratio:.1f}x lower."
+        f"By NC1, {lo} is more collapsed than {hi}: NC1 {_say(nc1[lo], T.sig, '')} vs "
+        f"{_say(nc1[hi], T.sig, '')}, {b / a:.1f}x lower"
     )
-    tr = _nc1_by_regime(results, "nc1_trace")
     if lo in tr and hi in tr:
-        t_ratio = tr[hi] / tr[lo]
-        if t_ratio >= NC1_RATIO_TOL:
-            s += f" NC1 (trace) agrees ({_g(tr[lo])} vs {_g(tr[hi])})."
-        elif t_ratio > 1 / NC1_RATIO_TOL:
-            s += f" NC1 (trace) is about equal ({_g(tr[lo])} vs {_g(tr[hi])})."
-        else:
-            s += f" NC1 (trace) ranks them the other way ({_g(tr[lo])} vs {_g(tr[hi])})."
-    return [s]
+        x, y = _mean(tr[lo]), _mean(tr[hi])
+        word = "agrees" if x < y else "is equal" if x == y else "ranks them the other way"
+        s += f". NC1 (trace) {word} ({T.sig(x)} vs {T.sig(y)})"
+    return [s + "."]
 
 
-def _reference_and_others(results: dict[str, Any]) -> tuple[str, list[str]] | None:
+def _reference(res: Results) -> tuple[str, list[str]] | None:
     """The reference regime (first non-memorising one) and the regimes compared with it."""
-    regs = regime_names(results)
+    regs = T.regimes(res)
     if len(regs) < 2:
         return None
-    memorising = [r for r in regs if r.lower().startswith(("memor", "collapse"))]
-    ref = next((r for r in regs if r not in memorising), regs[0])
+    ref = next((r for r in regs if not r.lower().startswith(("memor", "collapse"))), regs[0])
     return ref, [r for r in regs if r != ref]
 
 
-def regime_auroc_findings(results: dict[str, Any]) -> list[str]:
-    """Per OOD set: is the best AUROC higher, lower or about equal in each other regime?"""
-    pair = _reference_and_others(results)
+def regime_auroc_findings(res: Results) -> list[str]:
+    """Per OOD set: the best AUROC of each other regime against the reference regime's."""
+    pair = _reference(res)
     if pair is None:
         return []
     ref, others = pair
     out = []
-    for ood in ood_names(results):
-        ref_vals = _aurocs(results, ref, ood)
-        if not ref_vals:
-            continue
-        ref_det = max(ref_vals, key=ref_vals.get)
-        ref_v = ref_vals[ref_det]
-        for other in others:
-            vals = _aurocs(results, other, ood)
-            if not vals:
-                continue
-            det = max(vals, key=vals.get)
-            v = vals[det]
-            diff = v - ref_v
-            detail = f"{_p(v)} with {det} vs {_p(ref_v)} with {ref_det}"
-            if abs(diff) < AUROC_TOL:
-                out.append(f"Best AUROC on {ood}: about equal under {other} and {ref} ({detail}).")
+    for ood in T.oods(res):
+        best = {}
+        for reg in (ref, *others):
+            auroc = _by(T.final(res, reg, layer=PENULTIMATE, ood=ood, metric="auroc"), "detector")
+            if auroc:
+                d = max(auroc, key=lambda k: _mean(auroc[k]))
+                best[reg] = (d, auroc[d])
+        for other in [o for o in others if o in best and ref in best]:
+            (d1, r1), (d0, r0) = best[other], best[ref]
+            diff = 100 * (_mean(r1) - _mean(r0))
+            detail = f"{_say(r1)} with {d1} vs {_say(r0)} with {d0}"
+            if diff == 0:
+                out.append(f"Best AUROC on {ood}: equal under {other} and {ref} ({detail}).")
             else:
                 word = "higher" if diff > 0 else "lower"
+                gap = f"{abs(diff):.2f} points {word}"
                 out.append(
-                    f"Best AUROC on {ood} is {100 * abs(diff):.2f} points {word} under {other} "
-                    f"than under {ref} ({detail})."
+                    f"Best AUROC on {ood} is {gap} under {other} than under {ref} ({detail})."
                 )
     return out
 
 
-def nc5_findings(results: dict[str, Any]) -> list[str]:
-    """Whether NC5 is lower (closer to orthogonal) for the network more collapsed by NC1."""
-    cmp = more_collapsed(results)
-    if cmp is None or cmp[2] < NC1_RATIO_TOL:
+def nc5_findings(res: Results) -> list[str]:
+    """NC5 per OOD set of the lowest-NC1 network against the highest-NC1 one."""
+    pair = more_collapsed(res)
+    if pair is None or _mean(_nc(res, "nc1")[pair[0]]) == _mean(_nc(res, "nc1")[pair[1]]):
         return []
-    lo, hi, _ = cmp
-    a = results["regimes"][lo].get("nc5") or {}
-    b = results["regimes"][hi].get("nc5") or {}
-    lower, higher, equal = [], [], []
-    for ood in [o for o in ood_names(results) if o in a] + [o for o in a if o not in b]:
-        if not (is_number(a.get(ood)) and is_number(b.get(ood))):
-            continue
-        x, y = float(a[ood]), float(b[ood])
-        text = f"{ood} ({_g(x)} vs {_g(y)})"
-        if abs(x - y) <= NC5_REL_TOL * max(abs(x), abs(y)):
-            equal.append(text)
-        elif x < y:
-            lower.append(text)
-        else:
-            higher.append(text)
-    if not (lower or higher or equal):
+    lo, hi = pair
+    a = _by(T.final(res, lo, layer=PENULTIMATE, metric="nc5"), "ood")
+    b = _by(T.final(res, hi, layer=PENULTIMATE, metric="nc5"), "ood")
+    parts: dict[str, list[str]] = {"lower": [], "higher": [], "equal": []}
+    for ood in [o for o in a if o in b]:
+        x, y = _mean(a[ood]), _mean(b[ood])
+        parts["lower" if x < y else "higher" if x > y else "equal"].append(
+            f"{ood} ({T.sig(x)} vs {T.sig(y)})"
+        )
+    said = [f"{k} on {_join(v)}" for k, v in parts.items() if v]
+    if not said:
         return []
-    parts = []
-    if lower:
-        parts.append(f"lower on {_join(lower)}")
-    if higher:
-        parts.append(f"higher on {_join(higher)}")
-    if equal:
-        parts.append(f"about equal on {_join(equal)}")
     return [
         f"NC5 (OrthoDev) of the more collapsed network ({lo}) compared with {hi}: "
-        + "; ".join(parts)
+        + "; ".join(said)
         + "."
     ]
 
 
-def train_error_findings(results: dict[str, Any]) -> list[str]:
-    """Per regime: does training error reach zero (at a snapshot, or in the training log)?"""
+def train_error_findings(res: Results) -> list[str]:
+    """Per regime: does the training error reach zero (at a snapshot, or in the training log)?"""
     out = []
-    for reg in regime_names(results):
-        r = results["regimes"][reg]
-        block = across_training(r)
-        errs = (block or {}).get("train_error") or []
-        epochs = (block or {}).get("epochs") or []
-        zero = (block or {}).get("zero_error_epoch")
-        if isinstance(zero, int) and not isinstance(zero, bool):
+    for reg in T.regimes(res):
+        zero = T.zero_error_epoch(res, reg)
+        err = _by(res.select(regime=reg, layer=PENULTIMATE, metric="train_error"), "epoch")
+        acc = T.final(res, reg, layer=None, metric="train_acc")
+        if zero is not None:
             out.append(
                 f"Training error of {reg} reaches zero (first at the epoch-{zero} snapshot)."
             )
-        elif errs and is_number(errs[-1]) and epochs:
-            e = epochs[min(len(epochs), len(errs)) - 1]
-            if errs[-1] == 0:
-                out.append(f"Training error of {reg} reaches zero (epoch-{e} snapshot).")
-            else:
-                out.append(
-                    f"Training error of {reg} does not reach zero: {_p(errs[-1])} at the last "
-                    f"snapshot (epoch {e})."
-                )
-        else:
-            acc = (r.get("final") or {}).get("train_acc")
-            if is_number(acc):
-                if acc >= 1.0:
-                    out.append(f"Training accuracy of {reg} reaches 100% (training log).")
-                else:
-                    out.append(
-                        f"Training error of {reg} does not reach zero: {_p(1.0 - acc)} at the "
-                        "end of training (training log)."
-                    )
+        elif err:
+            e = max(err)
+            last = f"{_say(err[e])} at the last snapshot (epoch {e})"
+            out.append(f"Training error of {reg} does not reach zero: {last}.")
+        elif len(acc):
+            err_log = acc.assign(value=1.0 - acc["value"], ci_low=np.nan, ci_high=np.nan)
+            word = (
+                "reaches zero" if _mean(err_log) == 0 else f"does not reach zero: {_say(err_log)}"
+            )
+            out.append(f"Training error of {reg} {word} at the end of training (training log).")
     return out
 
 
-def depth_findings(results: dict[str, Any]) -> list[str]:
-    """Per regime: NC1 (trace) over depth, and whether layer detectors get worse earlier."""
+def depth_findings(res: Results) -> list[str]:
+    """Per regime: NC1 (trace) over depth, and whether an earlier layer detects OOD better."""
     out = []
-    for reg in regime_names(results):
-        depth = results["regimes"][reg].get("depth") or {}
-        layers = list(depth.get("layers") or [])
-        tr = (depth.get("metrics") or {}).get("nc1_trace") or []
-        if len(layers) >= 2 and len(tr) == len(layers) and all(is_number(v) for v in tr):
-            mono = all(b < a for a, b in zip(tr, tr[1:], strict=False))
+    for reg in T.regimes(res):
+        layers = T.layers(res, reg)
+        tr = _by(T.final(res, reg, metric="nc1_trace", ood=None, i=None), "layer")
+        vals = [_mean(tr[lay]) for lay in layers if lay in tr]
+        if len(vals) >= 2 and len(vals) == len(layers):
+            mono = all(b < a for a, b in zip(vals, vals[1:], strict=False))
             trend = (
                 "falls monotonically"
                 if mono
                 else "falls overall, not monotonically"
-                if tr[-1] < tr[0]
+                if vals[-1] < vals[0]
                 else "does not fall"
             )
-            out.append(
-                f"In {reg}, NC1 (trace) {trend} with depth: {_g(tr[0])} at {layers[0]}, "
-                f"{_g(tr[-1])} at {layers[-1]}."
-            )
-        per_layer = depth.get("ood_auroc") or {}
-        ordered = [lay for lay in layers if lay in per_layer] or list(per_layer)
-        if len(ordered) < 2:
+            ends = f"{T.sig(vals[0])} at {layers[0]}, {T.sig(vals[-1])} at {layers[-1]}"
+            out.append(f"In {reg}, NC1 (trace) {trend} with depth: {ends}.")
+        table = T.depth_auroc_table(res, reg)
+        if not table.rows or len(table.headers) < 4:
             continue
-        last, earlier = ordered[-1], ordered[:-1]
-        worse, equal, better = [], [], []
-        for det, by_ood in per_layer[last].items():
-            for ood, v_last in by_ood.items():
-                prev = [
-                    (lay, per_layer[lay].get(det, {}).get(ood))
-                    for lay in earlier
-                    if is_number(per_layer[lay].get(det, {}).get(ood))
-                ]
-                if not is_number(v_last) or not prev:
-                    continue
-                best_lay, best_v = max(prev, key=lambda kv: kv[1])
-                pair = f"{det} on {ood}"
-                if best_v > v_last + AUROC_TOL:
-                    better.append(f"{pair} (best at {best_lay}, {_p(best_v)} vs {_p(v_last)})")
-                elif best_v >= v_last - AUROC_TOL:
-                    equal.append(f"{pair} ({best_lay} {_p(best_v)} vs {_p(v_last)})")
-                else:
-                    worse.append(pair)
-        n = len(worse) + len(equal) + len(better)
-        if n == 0:
-            continue
+        last, earlier = table.headers[-1], table.headers[2:-1]
+        worse, better = 0, []
+        for row in table.rows:
+            prev = [
+                (lay, c.key) for lay, c in zip(earlier, row[2:-1], strict=True) if c.key is not None
+            ]
+            if row[-1].key is None or not prev:
+                continue
+            lay, v = max(prev, key=lambda kv: kv[1])
+            if v > row[-1].key:
+                better.append(
+                    f"{row[0].text} on {row[1].text} ({lay} {v:.2f}% vs {row[-1].key:.2f}%)"
+                )
+            else:
+                worse += 1
+        n = worse + len(better)
         s = (
-            f"In {reg}, per-layer detectors score lower AUROC at every earlier layer than at "
-            f"{last} for {len(worse)} of {n} detector/OOD-set pairs"
+            f"In {reg}, per-layer detectors score their highest AUROC at {last} for {worse} of "
+            f"{n} detector/OOD-set pairs"
         )
-        if equal:
-            s += f"; an earlier layer is about equal (within 1 point) for {_join(equal)}"
-        if better:
-            s += f"; an earlier layer is better for {_join(better)}"
-        out.append(s + ".")
+        out.append(
+            s + (f"; an earlier layer scores higher for {_join(better)}." if better else ".")
+        )
     return out
 
 
-def findings(results: dict[str, Any]) -> list[str]:
+def findings(results: Results) -> list[str]:
     """Short sentences strictly supported by the numbers of ``results``.
 
-    Covers: the best detector per OOD set per regime; which regime is more collapsed by
-    NC1 and by how many times; whether the best AUROC per OOD set is higher or lower in
-    the memorising regime; whether NC5 is lower for the more collapsed network; whether
-    training error reaches zero; whether collapse and per-layer detectors degrade at
-    earlier layers. Parts missing from ``results`` are skipped.
+    Covers: the best detector per OOD set and regime against the runner-up; detectors
+    below chance; which regime is more collapsed by NC1 and by how many times; the best
+    AUROC per OOD set across regimes; NC5 of the more collapsed network; whether the
+    training error reaches zero; collapse and detection over depth. Parts the run did
+    not compute are skipped.
 
     Args:
-        results: a results dict (docs/results_schema.md).
+        results: the run's tidy table.
 
     Returns:
-        A list of sentences, each quoting the numbers it rests on.
+        Sentences, each quoting the numbers it rests on.
     """
     return [
         *best_detector_findings(results),

@@ -1,31 +1,57 @@
-"""Result tables of a run: built once as :class:`Table`, rendered as Markdown, HTML or text.
+"""Report tables: pivots of a :class:`~ncood.results.Results`, one formatter per output.
 
-Every builder reads a ``results`` dict (docs/results_schema.md) and returns a
-:class:`Table` whose cells carry their display text and a ``bold`` flag. The best value
-of each OOD-metric column is bold: highest for AUROC, AUPR-In and AUPR-Out, lowest for
-FPR@95 (both conventions). Values are compared as displayed (percent, 2 decimals), so
-ties at display precision are all marked. In neural-collapse tables lower is more
-collapsed, and the lowest value of each row is bold.
+A :class:`Table` is built once from the tidy table (:func:`pivot`) and rendered as HTML
+(the ``table`` macro of ``template.html.j2``), Markdown (:func:`markdown_table`) or plain
+text (:func:`text_table`). A cell summarises the rows that fall into it:
+
+- one row: its value, plus ``[ci_low, ci_high]`` when the run computed an interval;
+- several rows (one per seed): ``mean ± std`` (ddof=1), as OpenOOD v1.5 reports seeds.
+
+Best values are compared as displayed (so ties at display precision are all marked):
+highest for AUROC and AUPR, lowest for FPR@95 and for every neural-collapse metric.
 """
 
 from __future__ import annotations
 
-import html
-import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-# (key, header, higher_is_better)
-OOD_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+import numpy as np
+import pandas as pd
+
+from ncood.results import PENULTIMATE, Results
+
+MISSING = "n/a"
+Fmt = Callable[[float], str]
+
+
+def pct(v: float) -> str:
+    """A fraction as a percentage with 2 decimals (``0.91234 -> '91.23'``)."""
+    return f"{100.0 * v:.2f}"
+
+
+def sig(v: float) -> str:
+    """A statistic with 4 significant digits."""
+    return f"{v:.4g}"
+
+
+def integer(v: float) -> str:
+    return f"{v:.0f}"
+
+
+# (metric, header, higher is better)
+OOD_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("auroc", "AUROC", True),
     ("fpr95", "FPR@95", False),
     ("aupr_in", "AUPR-In", True),
     ("aupr_out", "AUPR-Out", True),
     ("fpr95_oodpos", "FPR@95 (OOD+)", False),
 )
+OOD_LABEL = {m: h for m, h, _ in OOD_METRICS}
+HIGHER = {m: hi for m, _, hi in OOD_METRICS}
 
-# (key, label, formula); lower is more collapsed for every row
+# (metric, label, definition); lower is more collapsed for every one
 NC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("nc1", "NC1", "Tr(S_W S_B^+)/C"),
     ("nc1_trace", "NC1 (trace)", "Tr(S_W)/Tr(S_B)"),
@@ -39,568 +65,420 @@ NC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("nc3", "NC3", "||W/||W||_F - M/||M||_F||_F^2"),
     ("nc4", "NC4", "fraction head != nearest class mean"),
 )
-
-MISSING = "n/a"
+HISTORY = (("train_acc", "Train acc (%)"), ("test_acc", "Test acc (%)"))
+LOSSES = (("train_loss", "Train loss"), ("test_loss", "Test loss"))
+DEPTH_METRICS = ("nc1", "nc1_trace", "cdnv", "ncc_acc")
+EPOCH_LINES = ("nc1", "nc2_equiangular_means", "nc2_equinorm_means", "nc3", "nc4")
 
 
 @dataclass
 class Cell:
-    """One table cell: display text, bold flag, and the number behind it (if any)."""
+    """Display text, the number compared for best marking (as displayed) and bold."""
 
     text: str
+    key: float | None = None
     bold: bool = False
-    value: float | None = None
 
 
 @dataclass
 class Table:
-    """A rectangular table with a title, a header row and an optional note below."""
+    """Title, header row, rows of cells and a note; ``labels`` leading columns are text."""
 
     title: str
     headers: list[str]
     rows: list[list[Cell]]
     note: str = ""
-    align: list[str] = field(default_factory=list)  # "l" or "r" per column
-    groups: list[tuple[str, int]] = field(default_factory=list)  # header labels spanning columns
-
-    def column(self, j: int) -> list[Cell]:
-        return [row[j] for row in self.rows]
+    labels: int = 1
+    kind: str = field(default="table", init=False)
 
 
-# ---------------------------------------------------------------------------------------
-# ordering and formatting helpers
+# ------------------------------------------------------------------------ queries
+def regimes(res: Results) -> list[str]:
+    return res.values("regime")
 
 
-def _union(keys: Iterable[Iterable[str]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for ks in keys:
-        for k in ks:
-            seen.setdefault(k, None)
-    return list(seen)
+def detectors(res: Results) -> list[str]:
+    return res.values("detector", metric="auroc")
 
 
-def regime_names(results: dict[str, Any]) -> list[str]:
-    """Regimes in the order the results list them."""
-    return list(results.get("regimes", {}))
+def oods(res: Results) -> list[str]:
+    return res.values("ood", metric="auroc")
 
 
-def detector_names(results: dict[str, Any]) -> list[str]:
-    """Detectors in config order, then any others found in the regimes' OOD results."""
-    declared = list(results.get("detectors", {}) or {})
-    found = _union(reg.get("ood", {}) for reg in results.get("regimes", {}).values())
-    return [d for d in declared if d in found] + [d for d in found if d not in declared]
+def last_epoch(res: Results, regime: str) -> int | None:
+    """The final network's epoch: the largest epoch of any row of ``regime``."""
+    e = res.select(regime=regime)["epoch"].dropna()
+    return int(e.max()) if len(e) else None
 
 
-def ood_names(results: dict[str, Any]) -> list[str]:
-    """OOD sets in data order, then any others found in the regimes' OOD results."""
-    declared = list((results.get("data", {}) or {}).get("ood", {}) or {})
-    found = _union(
-        per_det
-        for reg in results.get("regimes", {}).values()
-        for per_det in reg.get("ood", {}).values()
-    )
-    return [o for o in declared if o in found] + [o for o in found if o not in declared]
+def final(res: Results, regime: str, **filters) -> pd.DataFrame:
+    """Rows of ``regime``'s final network (every seed) matching ``filters``."""
+    return res.select(regime=regime, epoch=last_epoch(res, regime), **filters)
 
 
-def is_number(value: Any) -> bool:
-    """True for a finite real number (bools excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def layers(res: Results, regime: str) -> list[str]:
+    """Layers of ``regime`` shallow to deep: first-appearance order, ``penultimate`` last."""
+    names = res.values("layer", regime=regime)
+    return [n for n in names if n != PENULTIMATE] + [n for n in names if n == PENULTIMATE]
 
 
-def pct(value: Any) -> str:
-    """A fraction as a percentage with 2 decimals (``0.91234 -> '91.23'``)."""
-    return f"{100.0 * value:.2f}" if is_number(value) else MISSING
+def summary(rows: pd.DataFrame) -> tuple[float, float, float, float, int]:
+    """``(mean, std, ci_low, ci_high, n)`` of a cell's rows (std, ci NaN where undefined)."""
+    v = rows["value"].to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return np.nan, np.nan, np.nan, np.nan, 0
+    if v.size > 1:
+        return float(v.mean()), float(v.std(ddof=1)), np.nan, np.nan, v.size
+    return float(v[0]), np.nan, float(rows["ci_low"].iloc[0]), float(rows["ci_high"].iloc[0]), 1
 
 
-def sig(value: Any) -> str:
-    """A statistic with 4 significant digits."""
-    return f"{value:.4g}" if is_number(value) else MISSING
+def quote(rows: pd.DataFrame, fmt: Fmt = pct, unit: str = "") -> str:
+    """A cell's text: ``value``, ``value [lo, hi]`` or ``mean ± std`` (``unit`` after value)."""
+    mean, std, lo, hi, n = summary(rows)
+    if n == 0:
+        return MISSING
+    if n > 1:
+        return f"{fmt(mean)}{unit} ± {fmt(std)}"
+    if np.isfinite(lo) and np.isfinite(hi):
+        return f"{fmt(mean)}{unit} [{fmt(lo)}, {fmt(hi)}]"
+    return f"{fmt(mean)}{unit}"
 
 
-def _mark_best(cells: Sequence[Cell], higher_is_better: bool, key=lambda v: v) -> None:
-    vals = [key(c.value) for c in cells if is_number(c.value)]
-    if len(vals) < 2:
+def cell(rows: pd.DataFrame, fmt: Fmt) -> Cell:
+    mean = summary(rows)[0]
+    return Cell(quote(rows, fmt), float(fmt(mean)) if np.isfinite(mean) else None)
+
+
+def mark_best(cells: Sequence[Cell], higher: bool) -> None:
+    """Bold the best of ``cells`` (as displayed); nothing with fewer than two numbers."""
+    keys = [c.key for c in cells if c.key is not None]
+    if len(keys) < 2:
         return
-    best = max(vals) if higher_is_better else min(vals)
+    best = max(keys) if higher else min(keys)
     for c in cells:
-        if is_number(c.value) and key(c.value) == best:
-            c.bold = True
+        c.bold = c.key == best
 
 
-def _display_pct(v: float) -> float:
-    return round(100.0 * v, 2)
+def pivot(
+    title: str,
+    df: pd.DataFrame,
+    index: str | list[str],
+    columns: str,
+    *,
+    corner: Sequence[str],
+    fmt: Fmt | Mapping[object, Fmt] = pct,
+    row_label: Callable[[object], Sequence[str]] | None = None,
+    col_label: Callable[[object], str] = str,
+    best_in: str | None = None,
+    higher: Callable[[object], bool | None] = lambda key: True,
+    note: str = "",
+) -> Table:
+    """``df`` (rows of a Results) as an ``index x columns`` table of :func:`cell` s.
 
-
-def _display_sig(v: float) -> float:
-    return float(f"{v:.4g}")
-
-
-def _metric(results: dict[str, Any], regime: str, det: str, ood: str, key: str) -> Any:
-    return results["regimes"][regime].get("ood", {}).get(det, {}).get(ood, {}).get(key)
-
-
-# ---------------------------------------------------------------------------------------
-# builders
-
-
-def ood_table(results: dict[str, Any], regime: str, ood: str) -> Table:
-    """OOD metrics of one regime on one OOD set: rows detectors, columns metrics in %.
-
-    Columns AUROC, FPR@95, AUPR-In, AUPR-Out (and FPR@95 with OOD positive when the
-    results carry it); the best value of each column is bold (lowest for FPR@95).
+    Args:
+        fmt: one formatter, or one per row or column key (default :func:`sig`).
+        best_in: ``"row"`` or ``"column"``: where the best value is bolded;
+            ``higher(key)`` of that row/column says which way (None: no marking).
     """
-    dets = detector_names(results)
-    cols = [
-        c
-        for c in OOD_COLUMNS
-        if c[0] != "fpr95_oodpos"
-        or any(is_number(_metric(results, regime, d, ood, c[0])) for d in dets)
-    ]
+    idx = [index] if isinstance(index, str) else list(index)
+    if df.empty:
+        return Table(title, list(corner), [], note, len(corner))
+    groups = dict(iter(df.groupby([*idx, columns], sort=False, dropna=False)))
+    row_keys = list(dict.fromkeys(k[:-1] for k in groups))
+    col_keys = list(dict.fromkeys(k[-1] for k in groups))
+
+    def one(r: tuple) -> object:
+        return r[0] if len(r) == 1 else r
+
+    def fmt_of(r: tuple, c: object) -> Fmt:
+        return fmt.get(one(r), fmt.get(c, sig)) if isinstance(fmt, Mapping) else fmt
+
     rows = []
-    for det in dets:
-        row = [Cell(det)]
-        for key, _, _ in cols:
-            v = _metric(results, regime, det, ood, key)
-            row.append(Cell(pct(v), value=v if is_number(v) else None))
-        rows.append(row)
-    table = Table(
-        title=f"{regime}: ID vs {ood}",
-        headers=["Detector"] + [f"{h} (%)" for _, h, _ in cols],
-        rows=rows,
-        note="Best per column in bold (lowest for FPR@95).",
-        align=["l"] + ["r"] * len(cols),
-    )
-    for j, (_, _, higher) in enumerate(cols, start=1):
-        _mark_best(table.column(j), higher, _display_pct)
+    for r in row_keys:
+        labels = row_label(one(r)) if row_label else r
+        cells = [
+            cell(groups[(*r, c)], fmt_of(r, c)) if (*r, c) in groups else Cell(MISSING)
+            for c in col_keys
+        ]
+        rows.append([Cell(str(x)) for x in labels] + cells)
+    table = Table(title, [*corner, *map(col_label, col_keys)], rows, note, len(corner))
+    n = len(corner)
+    if best_in == "column":
+        for j, c in enumerate(col_keys):
+            if higher(c) is not None:
+                mark_best([row[n + j] for row in rows], higher(c))
+    elif best_in == "row":
+        for r, row in zip(row_keys, rows, strict=True):
+            if higher(one(r)) is not None:
+                mark_best(row[n:], higher(one(r)))
     return table
 
 
-def regime_comparison_table(results: dict[str, Any], ood: str) -> Table:
-    """The regimes side by side on one OOD set: AUROC and FPR@95 per regime, in %.
-
-    With exactly two regimes a column gives the AUROC difference (second - first), in
-    percentage points.
-    """
-    regs = regime_names(results)
-    dets = detector_names(results)
-    headers = ["Detector"] + [f"AUROC {r}" for r in regs]
-    if len(regs) == 2:
-        headers.append(f"ΔAUROC ({regs[1]} − {regs[0]})")
-    headers += [f"FPR@95 {r}" for r in regs]
-    rows = []
-    for det in dets:
-        row = [Cell(det)]
-        aurocs = [_metric(results, r, det, ood, "auroc") for r in regs]
-        row += [Cell(pct(v), value=v if is_number(v) else None) for v in aurocs]
-        if len(regs) == 2:
-            if is_number(aurocs[0]) and is_number(aurocs[1]):
-                d = 100.0 * (aurocs[1] - aurocs[0])
-                row.append(Cell(f"{d:+.2f}"))
-            else:
-                row.append(Cell(MISSING))
-        for r in regs:
-            v = _metric(results, r, det, ood, "fpr95")
-            row.append(Cell(pct(v), value=v if is_number(v) else None))
-        rows.append(row)
-    table = Table(
-        title=f"Regimes side by side: ID vs {ood}",
-        headers=headers,
-        rows=rows,
-        note="AUROC and FPR@95 in %; Δ in percentage points. Best per column in bold.",
-        align=["l"] + ["r"] * (len(headers) - 1),
+# ------------------------------------------------------------------------ builders
+def order(df: pd.DataFrame, column: str, keys: Sequence[object]) -> pd.DataFrame:
+    """``df`` stably sorted by the position of ``column`` in ``keys`` (others last)."""
+    if df.empty:
+        return df
+    pos = {k: i for i, k in enumerate(keys)}
+    return df.sort_values(
+        column, key=lambda s: s.map(lambda v: pos.get(v, len(pos))), kind="stable"
     )
-    n = len(regs)
-    for j in range(1, 1 + n):
-        _mark_best(table.column(j), True, _display_pct)
-    offset = 1 + n + (1 if n == 2 else 0)
-    for j in range(offset, offset + n):
-        _mark_best(table.column(j), False, _display_pct)
-    return table
 
 
-def training_table(results: dict[str, Any]) -> Table:
-    """Final train/test accuracy (%) and loss per regime."""
-    rows = []
-    for r in regime_names(results):
-        reg = results["regimes"][r]
-        final = reg.get("final") or (reg.get("history") or [{}])[-1]
-        n_epochs = training_epochs(reg)
-        rows.append(
-            [
-                Cell(r),
-                Cell(str(n_epochs) if n_epochs is not None else MISSING),
-                Cell(pct(final.get("train_acc"))),
-                Cell(pct(final.get("test_acc"))),
-                Cell(sig(final.get("train_loss"))),
-                Cell(sig(final.get("test_loss"))),
-            ]
-        )
-    return Table(
-        title="Training",
-        headers=["Regime", "Epochs", "Train acc (%)", "Test acc (%)", "Train loss", "Test loss"],
-        rows=rows,
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def training_table(res: Results) -> Table:
+    """Final train/test accuracy and loss per regime, with the number of epochs."""
+    labels = {"epochs": "Epochs", **dict(HISTORY + LOSSES)}
+    parts = []
+    for reg in regimes(res):
+        df = final(res, reg, layer=None, detector=None, metric=list(labels))
+        parts += [df, df.drop_duplicates("seed").assign(metric="epochs", value=df["epoch"])]
+    return pivot(
+        "Training",
+        order(_concat(parts), "metric", list(labels)),
+        "regime",
+        "metric",
+        corner=["Regime"],
+        fmt={"epochs": integer, "train_acc": pct, "test_acc": pct},
+        col_label=labels.get,
         note="Values at the end of training, as logged by the training loop.",
-        align=["l", "r", "r", "r", "r", "r"],
     )
 
 
-def collapse_table(results: dict[str, Any]) -> Table | None:
-    """NC1-NC4 of the penultimate layer, one column per regime (None if none computed)."""
-    regs = [r for r in regime_names(results) if results["regimes"][r].get("collapse")]
-    if not regs:
-        return None
-    rows = []
-    for key, label, formula in NC_ROWS:
-        row = [Cell(label), Cell(formula)]
-        cells = []
-        for r in regs:
-            v = results["regimes"][r]["collapse"].get(key)
-            cells.append(Cell(sig(v), value=v if is_number(v) else None))
-        _mark_best(cells, False, _display_sig)
-        rows.append(row + cells)
-    cos_cells = []
-    for r in regs:
-        per_class = results["regimes"][r]["collapse"].get("per_class") or {}
-        vals = [v for v in per_class.get("weight_mean_cos") or [] if is_number(v)]
-        m = sum(vals) / len(vals) if vals else None
-        cos_cells.append(Cell(sig(m), value=m))
-    if any(c.value is not None for c in cos_cells):
-        _mark_best(cos_cells, True, _display_sig)
-        rows.append([Cell("NC3 mean cosine"), Cell("mean_c cos(w_c, mu_c - mu_G)")] + cos_cells)
-    return Table(
-        title="Neural collapse (penultimate layer, train set)",
-        headers=["Metric", "Definition"] + regs,
-        rows=rows,
-        note=(
-            "Lower is more collapsed for every metric; the lowest value of each row is bold "
-            "(for the mean weight/mean cosine, higher is better aligned and is bold)."
-        ),
-        align=["l", "l"] + ["r"] * len(regs),
+def ood_table(res: Results, regime: str, ood: str) -> Table:
+    """One regime, one OOD set: detector x metric (%), best of each column bold."""
+    metrics = [m for m, _, _ in OOD_METRICS]
+    df = final(res, regime, layer=PENULTIMATE, ood=ood, metric=metrics)
+    return pivot(
+        f"{regime}: ID vs {ood}",
+        order(df, "metric", metrics),
+        "detector",
+        "metric",
+        corner=["Detector"],
+        col_label=lambda m: f"{OOD_LABEL[m]} (%)",
+        best_in="column",
+        higher=HIGHER.get,
+        note="Best per column in bold (lowest for FPR@95).",
     )
 
 
-def nc5_table(results: dict[str, Any]) -> Table | None:
-    """NC5 (OrthoDev, lower = ID and OOD means closer to orthogonal) per OOD set."""
-    regs = [r for r in regime_names(results) if results["regimes"][r].get("nc5")]
-    if not regs:
-        return None
-    centred = [r for r in regs if results["regimes"][r].get("nc5_centred")]
-    oods = [o for o in ood_names(results) if any(o in results["regimes"][r]["nc5"] for r in regs)]
-    oods += [o for r in regs for o in results["regimes"][r]["nc5"] if o not in oods]
-    rows = []
-    for o in oods:
-        cells = []
-        for r in regs:
-            v = results["regimes"][r]["nc5"].get(o)
-            cells.append(Cell(sig(v), value=v if is_number(v) else None))
-        _mark_best(cells, False, _display_sig)
-        extra = []
-        for r in centred:
-            v = results["regimes"][r]["nc5_centred"].get(o)
-            extra.append(Cell(sig(v), value=v if is_number(v) else None))
-        _mark_best(extra, False, _display_sig)
-        rows.append([Cell(o)] + cells + extra)
-    return Table(
-        title="NC5: ID/OOD orthogonality (OrthoDev)",
-        headers=["OOD set"] + [f"NC5 {r}" for r in regs] + [f"NC5 centred {r}" for r in centred],
-        rows=rows,
-        note=(
-            "OrthoDev = mean_c |cos(mu_c, mu_OOD)| with uncentred class means (NECO, Ben Ammar "
-            "et al. 2024); lower = OOD mean closer to orthogonal to the ID class means. "
-            "Lowest per row in bold."
-        ),
-        align=["l"] + ["r"] * (len(regs) + len(centred)),
+def regime_table(res: Results, ood: str) -> Table:
+    """The regimes side by side on one OOD set: AUROC, its difference (two regimes), FPR@95."""
+    regs = regimes(res)
+    df = _concat(
+        [
+            final(res, r, layer=PENULTIMATE, ood=ood, metric=m).assign(col=f"{OOD_LABEL[m]} {r}")
+            for m in ("auroc", "fpr95")
+            for r in regs
+        ]
     )
-
-
-def depth_table(results: dict[str, Any], regime: str) -> Table | None:
-    """Collapse metrics per layer of one regime (None if not computed)."""
-    depth = results["regimes"][regime].get("depth")
-    if not depth or not depth.get("layers"):
-        return None
-    layers = depth["layers"]
-    metrics = depth.get("metrics") or {}
-    keys = list(metrics)
-    rows = []
-    for i, layer in enumerate(layers):
-        row = [Cell(layer)]
-        for k in keys:
-            vals = metrics[k]
-            v = vals[i] if i < len(vals) else None
-            row.append(Cell(sig(v), value=v if is_number(v) else None))
-        rows.append(row)
-    notes = []
-    for k, fit in (depth.get("decay") or {}).items():
-        if is_number(fit.get("rate")):
-            r2 = f", R² {fit['r2']:.3f}" if is_number(fit.get("r2")) else ""
-            factor = math.exp(fit["rate"])
-            notes.append(
-                f"{k}: log-linear fit over depth, rate {fit['rate']:.3g} per layer "
-                f"(x{factor:.3g} per layer{r2})"
+    table = pivot(
+        f"Regimes side by side: ID vs {ood}",
+        df,
+        "detector",
+        "col",
+        corner=["Detector"],
+        best_in="column",
+        higher=lambda c: c.startswith("AUROC"),
+        note="AUROC and FPR@95 in %; Δ in percentage points. Best per column in bold.",
+    )
+    if len(regs) == 2 and table.rows:
+        table.headers.insert(3, f"ΔAUROC ({regs[1]} − {regs[0]})")
+        for row in table.rows:
+            a, b = (
+                summary(df[(df.detector == row[0].text) & (df.col == f"AUROC {r}")])[0]
+                for r in regs
             )
-    return Table(
-        title=f"{regime}: collapse per layer (train set)",
-        headers=["Layer"] + keys,
-        rows=rows,
-        note="; ".join(notes),
-        align=["l"] + ["r"] * len(keys),
-    )
-
-
-def depth_auroc_table(results: dict[str, Any], regime: str) -> Table | None:
-    """AUROC (%) of the per-layer detectors: rows detector/OOD set, columns layers."""
-    depth = results["regimes"][regime].get("depth") or {}
-    per_layer = depth.get("ood_auroc")
-    if not per_layer:
-        return None
-    layers = [lay for lay in depth.get("layers", []) if lay in per_layer]
-    layers += [lay for lay in per_layer if lay not in layers]
-    dets = _union(per_layer[lay] for lay in layers)
-    oods = _union(per_layer[lay][d] for lay in layers for d in per_layer[lay])
-    rows = []
-    for o in oods:
-        for d in dets:
-            cells = []
-            for lay in layers:
-                v = per_layer[lay].get(d, {}).get(o)
-                cells.append(Cell(pct(v), value=v if is_number(v) else None))
-            _mark_best(cells, True, _display_pct)
-            rows.append([Cell(d), Cell(o)] + cells)
-    return Table(
-        title=f"{regime}: detector AUROC (%) per layer",
-        headers=["Detector", "OOD set"] + layers,
-        rows=rows,
-        note="Best layer per row in bold.",
-        align=["l", "l"] + ["r"] * len(layers),
-    )
-
-
-def across_training(regime_result: dict[str, Any]) -> dict[str, Any] | None:
-    """The NC-across-training block of a regime (``epochs`` object or ``across_training``)."""
-    block = regime_result.get("epochs")
-    if isinstance(block, dict):
-        return block
-    block = regime_result.get("across_training")
-    return block if isinstance(block, dict) else None
-
-
-def training_epochs(regime_result: dict[str, Any]) -> int | None:
-    """Number of training epochs: ``n_epochs``, integer ``epochs``, or the history length."""
-    for key in ("n_epochs", "epochs"):
-        v = regime_result.get(key)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    history = regime_result.get("history")
-    return len(history) if history else None
-
-
-def epochs_table(results: dict[str, Any], regime: str) -> Table | None:
-    """Collapse metrics and NC5 at each training snapshot: rows metrics, columns epochs."""
-    block = across_training(results["regimes"][regime])
-    if not block or not block.get("epochs"):
-        return None
-    epochs = block["epochs"]
-
-    def row(label: str, vals: Sequence[Any], fmt) -> list[Cell]:
-        cells = [Cell(label)]
-        for i in range(len(epochs)):
-            v = vals[i] if i < len(vals) else None
-            cells.append(Cell(fmt(v), value=v if is_number(v) else None))
-        return cells
-
-    rows = []
-    if block.get("train_error"):
-        rows.append(row("train error (%)", block["train_error"], pct))
-    for k, vals in (block.get("metrics") or {}).items():
-        rows.append(row(k, vals, sig))
-    for o, vals in (block.get("nc5") or {}).items():
-        rows.append(row(f"nc5 {o}", vals, sig))
-    zero = block.get("zero_error_epoch")
-    note = (
-        f"Training error first reaches zero at epoch {zero}."
-        if isinstance(zero, int)
-        else "Training error does not reach zero at any snapshot."
-        if "zero_error_epoch" in block
-        else ""
-    )
-    return Table(
-        title=f"{regime}: collapse across training",
-        headers=["Metric"] + [f"epoch {e}" for e in epochs],
-        rows=rows,
-        note=note,
-        align=["l"] + ["r"] * len(epochs),
-    )
-
-
-def compact_ood_table(results: dict[str, Any], regime: str) -> Table:
-    """One regime, every OOD set: AUROC and FPR@95 (%) per detector (terminal summary)."""
-    dets, oods = detector_names(results), ood_names(results)
-    headers = ["Detector"] + ["AUROC", "FPR@95"] * len(oods)
-    rows = []
-    for d in dets:
-        row = [Cell(d)]
-        for o in oods:
-            for key in ("auroc", "fpr95"):
-                v = _metric(results, regime, d, o, key)
-                row.append(Cell(pct(v), value=v if is_number(v) else None))
-        rows.append(row)
-    table = Table(
-        title=f"{regime}: OOD detection (%)",
-        headers=headers,
-        rows=rows,
-        align=["l"] + ["r"] * (len(headers) - 1),
-        groups=[("", 1)] + [(o, 2) for o in oods],
-    )
-    for j in range(1, len(headers)):
-        _mark_best(table.column(j), j % 2 == 1, _display_pct)
+            row.insert(3, Cell(f"{100 * (b - a):+.2f}" if np.isfinite(b - a) else MISSING))
     return table
 
 
-# ---------------------------------------------------------------------------------------
-# renderers
+def compact_ood_table(res: Results, regime: str) -> Table:
+    """One regime, every OOD set: AUROC and FPR@95 (%) per detector (terminal summary)."""
+    df = final(res, regime, layer=PENULTIMATE, metric=["auroc", "fpr95"])
+    df = order(order(df, "metric", ["auroc", "fpr95"]), "ood", oods(res))
+    return pivot(
+        f"{regime}: OOD detection (%)",
+        df.assign(col=df["ood"] + " " + df["metric"].map(OOD_LABEL)),
+        "detector",
+        "col",
+        corner=["Detector"],
+        best_in="column",
+        higher=lambda c: c.endswith("AUROC"),
+        note="Best per column in bold (lowest for FPR@95).",
+    )
 
 
-def _md_escape(text: str) -> str:
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    return text.replace("<", "\\<").replace(">", "\\>")  # no raw HTML from data
+def collapse_table(res: Results) -> Table:
+    """NC1-NC4 of the penultimate layer, one column per regime (lowest per row bold)."""
+    label = {m: (lab, d) for m, lab, d in NC_ROWS}
+    label["nc3_mean_cosine"] = ("NC3 mean cosine", "mean_c cos(w_c, mu_c - mu_G)")
+    parts = []
+    for r in regimes(res):
+        parts.append(final(res, r, layer=PENULTIMATE, metric=list(label), ood=None, i=None))
+        cos = final(res, r, layer=PENULTIMATE, metric="weight_mean_cosine")  # per class
+        mean = cos.groupby("seed", dropna=False, sort=False)["value"].mean().reset_index()
+        parts.append(mean.assign(regime=r, metric="nc3_mean_cosine", ci_low=np.nan, ci_high=np.nan))
+    return pivot(
+        "Neural collapse (penultimate layer, train set)",
+        order(_concat(parts), "metric", list(label)),
+        "metric",
+        "regime",
+        corner=["Metric", "Definition"],
+        fmt=sig,
+        row_label=label.get,
+        best_in="row",
+        higher=lambda m: m == "nc3_mean_cosine",
+        note="Lower is more collapsed for every metric; the lowest value of each row is bold "
+        "(for the mean weight/mean cosine, higher is better aligned and is bold).",
+    )
 
 
-def _flat_headers(table: Table) -> list[str]:
-    """Headers with their group label prefixed (for formats without spanning headers)."""
-    if not table.groups:
-        return list(table.headers)
-    labels = [g for g, span in table.groups for _ in range(span)]
-    return [f"{g} {h}" if g else h for g, h in zip(labels, table.headers, strict=False)]
+def nc5_table(res: Results) -> Table:
+    """NC5 (OrthoDev) and its centred variant per OOD set, one column per regime."""
+    regs = regimes(res)
+    names = {"nc5": "NC5", "nc5_centred": "NC5 centred"}
+    df = _concat(
+        [
+            final(res, r, layer=PENULTIMATE, metric=m).assign(col=f"{names[m]} {r}")
+            for m in names
+            for r in regs
+        ]
+    )
+    table = pivot(
+        "NC5: ID/OOD orthogonality (OrthoDev)",
+        df,
+        "ood",
+        "col",
+        corner=["OOD set"],
+        fmt=sig,
+        note="OrthoDev = mean_c |cos(mu_c, mu_OOD)| with uncentred class means (NECO, Ben Ammar "
+        "et al. 2024); lower = OOD mean closer to orthogonal to the ID class means. Lowest per "
+        "row in bold.",
+    )
+    for prefix in names.values():  # lowest per variant
+        cols = [j for j, h in enumerate(table.headers) if h in {f"{prefix} {r}" for r in regs}]
+        for row in table.rows:
+            mark_best([row[j] for j in cols], False)
+    return table
 
 
-def to_markdown(table: Table) -> str:
+def decay(res: Results, regime: str, metric: str) -> tuple[float, float]:
+    """``(rate, R²)`` of the log-linear fit of ``metric`` over depth (NaN if not computed)."""
+    rate, r2 = (final(res, regime, metric=f"{metric}.decay_{p}") for p in ("rate", "r2"))
+    return summary(rate)[0], summary(r2)[0]
+
+
+def depth_table(res: Results, regime: str) -> Table:
+    """Collapse metrics per layer of one regime, with the log-linear decay fits as note."""
+    df = final(res, regime, metric=list(DEPTH_METRICS), ood=None, i=None)
+    df = df[df["layer"].notna()] if df["layer"].nunique() > 1 else df.iloc[:0]  # one: no depth
+    df = order(order(df, "metric", DEPTH_METRICS), "layer", layers(res, regime))
+    notes = []
+    for m in DEPTH_METRICS:
+        rate, r2 = decay(res, regime, m)
+        if np.isfinite(rate):
+            fit = f"x{np.exp(rate):.3g} per layer" + (f", R² {r2:.3f}" if np.isfinite(r2) else "")
+            notes.append(f"{m}: log-linear fit over depth, rate {rate:.3g} per layer ({fit})")
+    return pivot(
+        f"{regime}: collapse per layer (train set)",
+        df,
+        "layer",
+        "metric",
+        corner=["Layer"],
+        fmt=sig,
+        note="; ".join(notes),
+    )
+
+
+def depth_auroc_table(res: Results, regime: str) -> Table:
+    """AUROC (%) of the detectors scored on more than one layer: (detector, OOD) x layer."""
+    df = final(res, regime, metric="auroc")
+    per = df.groupby("detector", sort=False)["layer"].nunique()
+    df = df[df["detector"].isin(per[per > 1].index)]
+    return pivot(
+        f"{regime}: detector AUROC (%) per layer",
+        order(order(df, "layer", layers(res, regime)), "ood", oods(res)),
+        ["detector", "ood"],
+        "layer",
+        corner=["Detector", "OOD set"],
+        best_in="row",
+        note="Best layer per row in bold.",
+    )
+
+
+def epochs_table(res: Results, regime: str) -> Table:
+    """Training error, collapse metrics and NC5 at each snapshot: rows metrics, columns epochs."""
+    names = ["train_error", *(m for m, _, _ in NC_ROWS)]
+    df = res.select(regime=regime, layer=PENULTIMATE, metric=[*names, "nc5"], detector=None, i=None)
+    df = df.assign(row=df["metric"].where(df["ood"].isna(), "nc5 " + df["ood"].fillna("")))
+    keys = [*names, *(f"nc5 {o}" for o in res.values("ood", metric="nc5"))]
+    if df["epoch"].nunique() < 2:
+        df = df.iloc[:0]
+    zero = zero_error_epoch(res, regime)
+    return pivot(
+        f"{regime}: collapse across training",
+        order(df.sort_values("epoch", kind="stable"), "row", keys),
+        "row",
+        "epoch",
+        corner=["Metric"],
+        fmt={"train_error": pct},
+        row_label=lambda r: ["train error (%)" if r == "train_error" else r],
+        col_label=lambda e: f"epoch {e}",
+        note=f"Training error first reaches zero at epoch {zero}."
+        if zero is not None
+        else "Training error does not reach zero at any snapshot.",
+    )
+
+
+def zero_error_epoch(res: Results, regime: str) -> int | None:
+    """First snapshot where the training error is 0 in every seed (terminal phase start)."""
+    df = res.select(regime=regime, layer=PENULTIMATE, metric="train_error")
+    worst = df.groupby("epoch")["value"].max()
+    zero = worst[worst == 0]
+    return int(zero.index.min()) if len(zero) else None
+
+
+# ------------------------------------------------------------------------ formatters
+def _md(text: str) -> str:
+    # "_" stays: GitHub Markdown ignores intraword underscores (texture_crops, fashion_mnist)
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", str(text)).replace("\n", " ")
+
+
+def _numeric(table: Table) -> list[bool]:
+    return [j >= table.labels for j in range(len(table.headers))]
+
+
+def markdown_table(table: Table) -> str:
     """GitHub-flavoured Markdown; bold cells as ``**x**``; title as a bold caption line."""
-    align = table.align or ["l"] * len(table.headers)
-    lines = [f"**{_md_escape(table.title)}**", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in _flat_headers(table)) + " |")
-    lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|")
+    lines = [f"**{_md(table.title)}**", ""]
+    lines.append("| " + " | ".join(_md(h) for h in table.headers) + " |")
+    lines.append("|" + "|".join("---:" if n else ":---" for n in _numeric(table)) + "|")
     for row in table.rows:
-        cells = [f"**{_md_escape(c.text)}**" if c.bold else _md_escape(c.text) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(
+            "| " + " | ".join(f"**{_md(c.text)}**" if c.bold else _md(c.text) for c in row) + " |"
+        )
     if table.note:
-        lines += ["", f"*{_md_escape(table.note)}*"]
+        lines += ["", f"*{_md(table.note)}*"]
     return "\n".join(lines) + "\n"
 
 
-def to_html(table: Table, table_id: str | None = None) -> str:
-    """An escaped ``<table>`` with caption; bold cells as ``<strong>``."""
-    align = table.align or ["l"] * len(table.headers)
-    cls = lambda j: ' class="num"' if align[j] == "r" else ""
-    id_attr = f' id="{html.escape(table_id)}"' if table_id else ""
-    parts = [f'<div class="table-wrap"><table{id_attr}>']
-    parts.append(f"<caption>{html.escape(table.title)}</caption>")
-    parts.append("<thead>")
-    if table.groups:
-        parts.append(
-            "<tr>"
-            + "".join(
-                f'<th colspan="{span}" class="group">{html.escape(g)}</th>'
-                for g, span in table.groups
-            )
-            + "</tr>"
-        )
-    parts.append(
-        "<tr>"
-        + "".join(f"<th{cls(j)}>{html.escape(h)}</th>" for j, h in enumerate(table.headers))
-        + "</tr></thead><tbody>"
-    )
-    for row in table.rows:
-        tds = []
-        for j, c in enumerate(row):
-            text = html.escape(c.text)
-            tds.append(f"<td{cls(j)}>{f'<strong>{text}</strong>' if c.bold else text}</td>")
-        parts.append("<tr>" + "".join(tds) + "</tr>")
-    parts.append("</tbody></table>")
-    if table.note:
-        parts.append(f'<p class="table-note">{html.escape(table.note)}</p>')
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def to_text(table: Table) -> str:
-    """Fixed-width plain text; the best values carry a trailing ``*``."""
-    align = table.align or ["l"] * len(table.headers)
+def text_table(table: Table) -> str:
+    """Fixed-width plain text for the terminal; the best values carry a trailing ``*``."""
     body = [[c.text + ("*" if c.bold else " ") for c in row] for row in table.rows]
     head = [h + " " for h in table.headers]
     widths = [max(len(r[j]) for r in [head, *body]) for j in range(len(head))]
-    start = 0
-    for label, span in table.groups:  # widen the last spanned column to fit a group label
-        room = sum(widths[start : start + span]) + 2 * (span - 1)
-        widths[start + span - 1] += max(0, len(label) - room)
-        start += span
 
-    def fmt(cells: list[str]) -> str:
-        out = [
-            c.rjust(w) if a == "r" else c.ljust(w)
-            for c, w, a in zip(cells, widths, align, strict=False)
-        ]
-        return "  ".join(out).rstrip()
+    def line(cells: list[str]) -> str:
+        parts = zip(cells, widths, _numeric(table), strict=True)
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in parts).rstrip()
 
-    lines = [table.title]
-    if table.groups:
-        group_cells, start = [], 0
-        for label, span in table.groups:
-            room = sum(widths[start : start + span]) + 2 * (span - 1)
-            group_cells.append(label.center(room))
-            start += span
-        lines.append("  ".join(group_cells).rstrip())
-    lines += [fmt(head), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in body]
+    out = [table.title, line(head), "  ".join("-" * w for w in widths), *map(line, body)]
     if table.note:  # the terminal marks best values with "*" instead of bold type
-        lines.append(table.note.replace("in bold", "marked *").replace("is bold", "is marked *"))
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------
-# collections
-
-
-def ood_tables(results: dict[str, Any]) -> dict[str, list[Table]]:
-    """Per regime, the OOD table of each OOD set."""
-    return {
-        r: [ood_table(results, r, o) for o in ood_names(results)] for r in regime_names(results)
-    }
-
-
-def markdown_tables(results: dict[str, Any]) -> str:
-    """Every result table as one Markdown document fragment (no figures)."""
-    parts = [to_markdown(training_table(results))]
-    for tables in ood_tables(results).values():
-        parts += [to_markdown(t) for t in tables]
-    parts += [to_markdown(regime_comparison_table(results, o)) for o in ood_names(results)]
-    for t in (collapse_table(results), nc5_table(results)):
-        if t is not None:
-            parts.append(to_markdown(t))
-    for r in regime_names(results):
-        for t in (depth_table(results, r), depth_auroc_table(results, r), epochs_table(results, r)):
-            if t is not None:
-                parts.append(to_markdown(t))
-    return "\n".join(parts)
-
-
-def format_terminal_summary(results: dict[str, Any], *, full: bool = False) -> str:
-    """The result tables as plain text for the terminal (``*`` marks the best values).
-
-    Args:
-        results: a results dict (docs/results_schema.md).
-        full: print every per-OOD-set table with all four metrics instead of the compact
-            AUROC/FPR@95 table per regime.
-
-    Returns:
-        Text ending in a newline: OOD tables of each regime, NC1-NC4 and NC5.
-    """
-    parts = [to_text(training_table(results))]
-    for r in regime_names(results):
-        if full:
-            parts += [to_text(ood_table(results, r, o)) for o in ood_names(results)]
-        else:
-            parts.append(to_text(compact_ood_table(results, r)))
-    for t in (collapse_table(results), nc5_table(results)):
-        if t is not None:
-            parts.append(to_text(t))
-    return "\n".join(parts)
+        out.append(table.note.replace("in bold", "marked *").replace("is bold", "is marked *"))
+    return "\n".join(out) + "\n"
