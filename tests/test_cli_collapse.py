@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ncood.cli.main import main
 from ncood.collapse import collapse_metrics, layer_metrics, nc5, nc5_centred
+from ncood.results import Results
 from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 C, D = 4, 6
@@ -54,34 +55,59 @@ def _feature_dir(path, *, seed=0, spread=1.0, epoch=None, with_layers=True):
     return fd
 
 
-def test_features_mode_writes_json_figures_and_table(tmp_path, capsys):
+@pytest.fixture()
+def report_calls(monkeypatch):
+    """The report's functions replaced by recorders (the report has its own tests)."""
+    import ncood.report
+
+    calls = {"write_report": [], "terminal_summary": []}
+
+    def write_report(results, directory, scores=None):
+        calls["write_report"].append((results, Path(directory)))
+        path = Path(directory) / "report.html"
+        path.write_text("<html></html>")
+        return {"html": path}
+
+    def terminal_summary(results):
+        calls["terminal_summary"].append(results)
+        return "SUMMARY"
+
+    monkeypatch.setattr(ncood.report, "write_report", write_report)
+    monkeypatch.setattr(ncood.report, "terminal_summary", terminal_summary)
+    return calls
+
+
+def test_features_mode_writes_results_report_and_summary(tmp_path, capsys, report_calls):
     fd = _feature_dir(tmp_path / "feat")
     rc = main(["collapse", "--features", str(tmp_path / "feat"), "--out", str(tmp_path / "out")])
     assert rc == 0
-    doc = json.loads((tmp_path / "out" / "collapse.json").read_text())
+    res = Results.load(tmp_path / "out")
+    pen = {"layer": "penultimate", "detector": None, "ood": None, "i": None, "j": None}
     ref = collapse_metrics(fd.train.features, fd.train.labels, fd.head)
     for key in ("nc1", "nc1_trace", "cdnv", "nc3", "nc4", "nc2_equiangular_means"):
-        assert doc["penultimate"][key] == pytest.approx(ref[key], rel=1e-12)
-    assert set(doc["nc5"]) == {"noise", "far"}
-    assert doc["nc5"]["far"]["orthodev"] == pytest.approx(
-        nc5(fd.train.features, fd.train.labels, fd.ood["far"].features), rel=1e-12
+        assert res.value(metric=key, **pen) == pytest.approx(ref[key], rel=1e-12)
+    assert res.values("ood") == ["noise", "far"]
+    z, y = fd.train.features, fd.train.labels
+    assert res.value(metric="nc5", ood="far") == pytest.approx(
+        nc5(z, y, fd.ood["far"].features), rel=1e-12
     )
-    assert doc["nc5"]["far"]["orthodev_centred"] == pytest.approx(
-        nc5_centred(fd.train.features, fd.train.labels, fd.ood["far"].features), rel=1e-12
+    assert res.value(metric="nc5_centred", ood="far") == pytest.approx(
+        nc5_centred(z, y, fd.ood["far"].features), rel=1e-12
     )
     # layers: stage1, then stage2 recognised as the penultimate layer (not repeated)
-    assert doc["layers"]["layers"] == ["stage1", "stage2 (penultimate)"]
-    stage1 = layer_metrics(fd.train.layers["stage1"], fd.train.labels)
-    assert doc["layers"]["metrics"]["stage1"]["nc1"] == pytest.approx(stage1["nc1"], rel=1e-12)
-    assert "nc1" in doc["layers"]["decay"]
-    for name in doc["figures"]:
-        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
-    assert "collapse_depth.png" in doc["figures"] and len(doc["figures"]) == 5
-    out = capsys.readouterr().out
-    assert "nc1" in out and "nc5[far]" in out and "stage1" in out
+    assert res.values("layer") == ["penultimate", "stage1"]
+    stage1 = layer_metrics(fd.train.layers["stage1"], y)
+    assert res.value(metric="nc1", layer="stage1") == pytest.approx(stage1["nc1"], rel=1e-12)
+    assert not np.isnan(res.value(metric="nc1.decay_rate"))
+    assert res.select(detector=["msp", "vim"]).empty  # collapse only
+    assert res.meta["tool"] == "ncood collapse" and "features" in res.meta
+    # the report is written from these results, and their summary printed
+    ((written, directory),) = report_calls["write_report"]
+    assert directory == tmp_path / "out" and written.to_frame().equals(res.to_frame())
+    assert capsys.readouterr().out == "SUMMARY\n"
 
 
-def test_features_mode_ood_selection_and_errors(tmp_path, capsys):
+def test_features_mode_ood_selection_and_errors(tmp_path, capsys, report_calls):
     _feature_dir(tmp_path / "feat", with_layers=False)
     rc = main(
         [
@@ -96,8 +122,9 @@ def test_features_mode_ood_selection_and_errors(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    doc = json.loads((tmp_path / "out" / "collapse.json").read_text())
-    assert list(doc["nc5"]) == ["far"] and doc["layers"] is None and doc["figures"] == []
+    res = Results.load(tmp_path / "out")
+    assert res.values("ood") == ["far"] and res.values("layer") == ["penultimate"]
+    assert report_calls["write_report"] == [] and not (tmp_path / "out" / "report.html").exists()
     capsys.readouterr()
     rc = main(
         [
@@ -116,7 +143,7 @@ def test_features_mode_ood_selection_and_errors(tmp_path, capsys):
     assert rc == 2 and "extract.json" in capsys.readouterr().err
 
 
-def test_run_mode_every_snapshot(tmp_path, capsys):
+def test_run_mode_every_snapshot(tmp_path, capsys, report_calls):
     run = tmp_path / "run"
     # snapshots/ with the epoch in extract.json, features/epoch_k with the epoch in the name
     _feature_dir(run / "snapshots" / "init", seed=1, spread=3.0, epoch=0)
@@ -124,18 +151,20 @@ def test_run_mode_every_snapshot(tmp_path, capsys):
     fd2 = _feature_dir(run / "features" / "epoch_0002", seed=1, spread=1.0)
     rc = main(["collapse", "--run", str(run), "--ood", "noise"])
     assert rc == 0
-    doc = json.loads((run / "collapse" / "collapse.json").read_text())
-    assert doc["epochs"]["epochs"] == [0, 2, 5]
-    row = doc["epochs"]["table"][1]
+    res = Results.load(run / "collapse")
+    assert res.values("epoch") == [0, 2, 5]
     ref = collapse_metrics(fd2.train.features, fd2.train.labels, fd2.head)
-    assert row["nc1"] == pytest.approx(ref["nc1"], rel=1e-12)
+    assert res.value(metric="nc1", epoch=2, layer="penultimate") == pytest.approx(
+        ref["nc1"], rel=1e-12
+    )
     err = np.mean(fd2.train.logits.argmax(1) != fd2.train.labels)
-    assert row["train_error"] == pytest.approx(err)
-    assert list(doc["epochs"]["metrics"][0]["nc5"]) == ["noise"]
-    assert set(doc["layers_per_epoch"]) == {"0", "2", "5"}
-    assert "collapse_epochs.png" in doc["figures"]
-    assert (run / "collapse" / "collapse_epochs.png").is_file()
-    assert "epoch" in capsys.readouterr().out
+    assert res.value(metric="train_error", epoch=2) == pytest.approx(err)
+    assert res.values("ood") == ["noise"]
+    # every layer at every epoch
+    assert res.values("epoch", metric="nc1", layer="stage1") == [0, 2, 5]
+    assert set(res.meta["snapshots"]) == {"0", "2", "5"}
+    assert (run / "collapse" / "report.html").is_file()
+    assert capsys.readouterr().out == "SUMMARY\n"
 
 
 def test_run_mode_without_snapshots_is_a_clear_error(tmp_path, capsys):
@@ -156,19 +185,19 @@ def test_help_in_subprocess():
 
 
 @pytest.mark.slow
-def test_run_mode_extracts_snapshot_checkpoints(fmnist_run, tmp_path, capsys):
+def test_run_mode_extracts_snapshot_checkpoints(fmnist_run, tmp_path, capsys, report_calls):
     """`--run` on a real training run: the .pt snapshots are extracted, then analysed."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(fmnist_run.run_dir, run, ignore=shutil.ignore_patterns("cache"))
     assert main(["collapse", "--run", str(run), "--ood", "digits", "--no-figures"]) == 0
-    doc = json.loads((run / "collapse" / "collapse.json").read_text())
+    res = Results.load(run / "collapse")
     assert sorted(p.name for p in (run / "features").iterdir()) == ["epoch_0000", "epoch_0003"]
-    assert doc["epochs"]["epochs"] == [0, 3]
+    assert res.values("epoch") == [0, 3]
     # the epoch-0 NC1 equals collapse_metrics on the initialisation features
     want = collapse_metrics(
         fmnist_run.init_train.features, fmnist_run.init_train.labels, fmnist_run.init_head
     )["nc1"]
-    got = [row["nc1"] for row in doc["epochs"]["table"] if row["epoch"] == 0][0]
+    got = res.value(metric="nc1", epoch=0, layer="penultimate")
     assert got == pytest.approx(want, rel=1e-9)

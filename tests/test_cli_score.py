@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
 
 from ncood.cli.main import main
-from ncood.detectors import create_detector, evaluate, format_ood_tables
+from ncood.detectors import create_detector
 from ncood.metrics import METRIC_NAMES, ood_metrics
+from ncood.results import Results
 from ncood.types import FeatureDir, FeatureSet, LinearHead, load_feature_dir
 
 
@@ -41,7 +39,16 @@ def feature_dir(tmp_path):
     return _feature_dir().save(tmp_path / "features")
 
 
-def test_score_cli_writes_results_and_prints_tables(feature_dir, tmp_path, capsys):
+def test_score_cli_writes_results_and_prints_tables(feature_dir, tmp_path, capsys, monkeypatch):
+    import ncood.report
+
+    printed_from = []
+
+    def summary(results):
+        printed_from.append(results)
+        return "SUMMARY"
+
+    monkeypatch.setattr(ncood.report, "terminal_summary", summary)
     out = tmp_path / "scores"
     rc = main(
         [
@@ -62,21 +69,23 @@ def test_score_cli_writes_results_and_prints_tables(feature_dir, tmp_path, capsy
     )
     assert rc == 0
     printed = capsys.readouterr().out
-    results = json.loads((out / "results.json").read_text())
+    res = Results.load(out)
 
-    # results.json: params, sizes, timings, every metric of every (detector, OOD set)
-    dets = results["detectors"]
-    assert list(dets) == ["msp", "energy", "mahalanobis", "vim", "neco"]
-    assert dets["vim"]["params"] == {"dim": 4} and dets["vim"]["fitted"]["dim_"] == 4
-    assert dets["energy"]["params"] == {"T": 2}
-    assert dets["neco"]["params"]["variance"] == 0.8
-    assert results["n_id"] == 120 and results["n_ood"] == {"far": 90, "near": 60}
-    assert results["features"]["meta"]["dataset"] == "toy"
-    assert "fpr95" in results["conventions"]
-    for entry in dets.values():
-        assert entry["fit_s"] >= 0 and entry["score_s"] >= 0
-        assert set(entry["ood"]) == {"far", "near"}
-        assert all(set(m) == set(METRIC_NAMES) for m in entry["ood"].values())
+    # run.json: params, conventions, the feature directory; results.csv: every metric
+    assert res.meta["detectors"]["vim"] == {"dim": 4}
+    assert res.meta["detectors"]["energy"] == {"T": 2}
+    assert res.meta["detectors"]["neco"]["variance"] == 0.8
+    assert res.meta["features"]["meta"]["dataset"] == "toy"
+    assert "fpr95" in res.meta["conventions"] and res.meta["tool"] == "ncood score"
+    assert res.values("detector") == ["msp", "energy", "mahalanobis", "vim", "neco"]
+    assert len(res) == 5 * 2 * len(METRIC_NAMES)  # detector x OOD set x metric, nothing else
+    df = res.to_frame()
+    assert set(df["layer"]) == {"penultimate"}
+    assert set(zip(df["ood"], df["n_ood"], df["n_id"], strict=True)) == {
+        ("far", 90, 120),
+        ("near", 60, 120),
+    }
+    assert res.select(detector="vim")["params"].iloc[0] == '{"dim": 4}'
 
     # the numbers are those of the detector fitted and scored directly
     fd = load_feature_dir(feature_dir)
@@ -86,53 +95,24 @@ def test_score_cli_writes_results_and_prints_tables(feature_dir, tmp_path, capsy
         vim.score(fd.ood["near"].features, fd.ood["near"].logits),
     )
     for key, value in expected.items():
-        assert dets["vim"]["ood"]["near"][key] == pytest.approx(value, abs=1e-12)
+        assert res.value(detector="vim", ood="near", metric=key) == pytest.approx(value, abs=1e-12)
 
-    # metrics.csv: detector x OOD set x metric, same values
-    with open(out / "metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 5 * 2 * len(METRIC_NAMES)
-    assert list(rows[0]) == ["detector", "ood", "metric", "value"]
-    for row in rows:
-        assert float(row["value"]) == dets[row["detector"]]["ood"][row["ood"]][row["metric"]]
-
-    # printed tables: one per OOD set, rows = detectors, values in %, best marked
-    assert printed.count("OOD set:") == 2
-    for title in ("AUROC", "FPR@95", "AUPR-In", "AUPR-Out"):
-        assert title in printed
-    assert f"{100 * dets['vim']['ood']['near']['auroc']:.2f}" in printed
-    assert "*" in printed
-    assert printed == format_ood_tables(results) + "\n"
+    # what is printed is the report's terminal summary of exactly these results
+    assert printed == "SUMMARY\n"
+    assert printed_from[0].to_frame().equals(res.to_frame())
 
 
-def test_format_marks_the_best_per_column():
-    def m(a, f):
-        return {"auroc": a, "fpr95": f, "aupr_in": a, "aupr_out": a, "fpr95_oodpos": f}
+def test_score_cli_bootstrap_intervals(feature_dir, tmp_path, monkeypatch):
+    import ncood.report
 
-    results = {
-        "n_id": 10,
-        "n_ood": {"x": 5},
-        "detectors": {"good": {"ood": {"x": m(0.9, 0.2)}}, "bad": {"ood": {"x": m(0.6, 0.7)}}},
-    }
-    lines = format_ood_tables(results).splitlines()
-    good = next(line for line in lines if line.startswith("good"))
-    bad = next(line for line in lines if line.startswith("bad"))
-    assert good.count("*") == 4 and "90.00*" in good and "20.00*" in good
-    assert "*" not in bad and "60.00" in bad and "70.00" in bad
-
-
-def test_evaluate_shares_statistics_and_returns_scores():
-    fd = _feature_dir(seed=1)
-    scores = {}
-    results = evaluate(fd, ["maxlogit", "mahalanobis"], scores_out=scores)
-    assert set(scores) == {
-        f"{d}/{s}" for d in ("maxlogit", "mahalanobis") for s in ("id", "far", "near")
-    }
-    np.testing.assert_array_equal(
-        scores["maxlogit/id"], fd.test.logits.astype(np.float64).max(axis=1)
-    )
-    assert results["timings"]["stats_s"] > 0
-    assert results["detectors"]["mahalanobis"]["ood"]["far"]["auroc"] > 0.99
+    monkeypatch.setattr(ncood.report, "terminal_summary", lambda results: "")
+    out = tmp_path / "b"
+    argv = ["score", "--features", str(feature_dir), "--detectors", "maxlogit", "--out", str(out)]
+    assert main([*argv, "--bootstrap", "100"]) == 0
+    df = Results.load(out).to_frame()
+    # percentile intervals on every row (they need not contain a biased estimate such as FPR@95)
+    assert df["ci_low"].notna().all() and (df["ci_low"] <= df["ci_high"]).all()
+    assert len(df) == 2 * len(METRIC_NAMES)
 
 
 @pytest.mark.parametrize(

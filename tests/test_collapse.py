@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestCentroid
 
@@ -18,11 +17,10 @@ from ncood.collapse import (
     nc5_centred,
     to_jsonable,
 )
-from ncood.collapse.depth import depth_analysis, fit_log_linear
-from ncood.collapse.epochs import Snapshot, epoch_analysis
+from ncood.collapse.depth import depth_decay, depth_metrics, fit_log_linear
 from ncood.collapse.metrics import HEAD_SCALARS
 from ncood.errors import ShapeError
-from ncood.types import FeatureSet, LinearHead
+from ncood.types import LinearHead
 
 SCALARS = HEAD_SCALARS + ("ncc_acc",)
 
@@ -78,7 +76,26 @@ def brute_force(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, float]
     resid = z - mus[y]
     s_w = resid.T @ resid / len(y)
     s_b = m.T @ m / c
+
+    def cosines(rows):
+        return np.array(
+            [
+                rows[i] @ rows[j] / np.linalg.norm(rows[i]) / np.linalg.norm(rows[j])
+                for i, j in pairs
+            ]
+        )
+
+    counts = np.bincount(y, minlength=c)
     return {
+        "n": len(y),
+        "counts": counts,
+        "nc1": np.trace(s_w @ np.linalg.pinv(s_b)) / c,
+        "within_class_variance_mean": var.mean(),
+        "mean_norms": np.linalg.norm(m, axis=1),
+        "weight_norms": np.linalg.norm(w, axis=1),
+        "mean_cosines": cosines(m),
+        "weight_cosines": cosines(w),
+        "etf_cosine": -1.0 / (c - 1),
         "nc1_trace": np.trace(s_w) / np.trace(s_b),
         "cdnv": cdnv,
         "nc2_equinorm_means": en_m,
@@ -139,12 +156,12 @@ def test_nc1_grows_as_noise_squared():
     np.testing.assert_allclose(nc1[0], expected, rtol=1e-10)
 
 
-@pytest.mark.parametrize("transform", ["rotation", "scale", "both"])
+@pytest.mark.parametrize("transform", ["rotation", "scale", "both", "small"])
 def test_metrics_invariant_to_rotation_and_scaling(transform):
     z, y, head = clustered(c=7, d=20, per=30, seed=4)
     ood = np.random.default_rng(5).standard_normal((50, 20)) + 1.0
-    q = rotation(20, seed=6) if transform != "scale" else np.eye(20)
-    a = 3.7 if transform != "rotation" else 1.0
+    q = rotation(20, seed=6) if transform in ("rotation", "both") else np.eye(20)
+    a = {"rotation": 1.0, "scale": 3.7, "both": 3.7, "small": 1e-3}[transform]
     # features z -> a z Q, head W -> W Q / a: the logits are unchanged
     head2 = LinearHead(head.weight @ q / a, head.bias)
     m1, m2 = collapse_metrics(z, y, head), collapse_metrics(a * z @ q, y, head2)
@@ -163,7 +180,7 @@ def test_metrics_match_brute_force_loops(offset, sizes):
     z, y, head = clustered(c=6, d=12, per=25, spread=1.5, offset=offset, seed=7, sizes=sizes)
     m = collapse_metrics(z, y, head)
     ref = brute_force(z, y, head.weight)
-    ref["nc1"] = np.trace(ref["s_w"] @ np.linalg.pinv(ref["s_b"])) / 6
+    assert {"n", "counts", "nc1", "mean_norms", "weight_cosines"} <= set(ref) & set(m)
     for key, val in ref.items():
         if key in m:
             np.testing.assert_allclose(m[key], val, rtol=1e-9, atol=1e-12, err_msg=key)
@@ -175,6 +192,165 @@ def test_metrics_match_brute_force_loops(offset, sizes):
             (head.weight / np.linalg.norm(head.weight) - m_samples / np.linalg.norm(m_samples)) ** 2
         )
         assert abs(wrong - m["nc3"]) > 1e-3
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_layer_metrics_match_brute_force_with_unequal_classes(full):
+    z, y, head = clustered(c=5, d=9, spread=1.2, offset=10.0, seed=50, sizes=[9, 40, 3, 22, 14])
+    m = layer_metrics(z, y, full=full, chunk_size=11)
+    ref = brute_force(z, y, head.weight)
+    heads = {"nc2_equinorm_weights", "nc2_equiangular_weights", "nc2_maxangle_weights", "nc3"}
+    light_only = {"nc1_trace", "cdnv", "within_class_variance", "mean_distances", "counts", "n"}
+    checked = [k for k in ref if k in m]
+    assert not heads & set(m)
+    if not full:  # exactly the inversion-free entries
+        assert light_only <= set(checked) and not {"nc1", "nc1_rank", "mean_norms"} & set(m)
+        assert not any(k.startswith("nc2_") for k in m) and m["full"] is False
+    else:
+        assert {"nc1", "nc2_equinorm_means", "mean_cosines"} <= set(checked) and m["full"]
+    for key in checked:
+        np.testing.assert_allclose(m[key], ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(5)])
+    nearest = cdist(z, mus).argmin(axis=1)
+    assert m["ncc_acc"] == np.mean(nearest == y)
+
+
+def test_two_classes_match_brute_force():
+    z, y, head = clustered(c=2, d=5, per=30, spread=2.0, offset=3.0, seed=51)
+    m = collapse_metrics(z, y, head)
+    ref = brute_force(z, y, head.weight)
+    for key, val in ref.items():
+        if key in m:
+            np.testing.assert_allclose(m[key], val, rtol=1e-9, atol=1e-12, err_msg=key)
+    assert m["nc1_rank"] == 1 and m["etf_cosine"] == -1.0 and np.isfinite(m["nc1"])
+
+
+@pytest.mark.parametrize("d", [3, 4, 2])
+def test_etf_exists_exactly_when_d_at_least_c_minus_one(d):
+    z, y, head = clustered(c=4, d=d, per=15, seed=52)
+    m = collapse_metrics(z, y, head)
+    assert m["etf_exists"] is (d >= 3)
+    assert m["etf_cosine"] == pytest.approx(-1.0 / 3.0)
+    if d >= 3:
+        assert m["notes"] == []
+    else:
+        assert m["notes"] == [
+            "no simplex ETF of C=4 classes exists in D=2 dimensions (needs D >= C-1 = 3); the "
+            "NC2 targets (equal norms, cosines -1/(C-1)) cannot be reached, so the nc2_* values "
+            "do not measure distance to an ETF"
+        ]
+
+
+def _designed_spectrum(sig, d=7, per=12, seed=53):
+    """Class means whose centred matrix M has singular values ``sig`` (C = len(sig) + 1)."""
+    c = len(sig) + 1
+    basis = np.linalg.qr(np.column_stack([np.ones(c), rotation(c, seed)[:, 1:]]))[0][:, 1:]
+    m = basis @ np.diag(sig) @ rotation(d, seed + 1)[: len(sig)]  # (C, D), rows sum to 0
+    y = np.repeat(np.arange(c), per)
+    z = m[y] + 5.0 + 0.3 * centred_noise(y, d, seed + 2)
+    return z, y, m
+
+
+def test_nc1_keeps_only_eigenvalues_above_the_relative_tolerance():
+    from ncood.collapse.metrics import nc1_from_stats
+
+    z, y, m = _designed_spectrum([np.sqrt(10.0), 2.0, 1.0])  # S_B eigenvalues 10:4:1
+    c = 4
+    stats = ClassStats.from_features(z, y, c)
+    resid = z - (m + 5.0)[y]
+    s_w = resid.T @ resid / len(y)
+    _, sv, vt = np.linalg.svd(m)
+
+    def ref(k):
+        return sum(vt[i] @ s_w @ vt[i] / (sv[i] ** 2 / c) for i in range(k)) / c
+
+    assert nc1_from_stats(stats) == pytest.approx((ref(3), 3), rel=1e-9)
+    assert nc1_from_stats(stats, rtol=0.5) == pytest.approx((ref(1), 1), rel=1e-9)  # 4 < 5
+    assert nc1_from_stats(stats, rtol=0.3) == pytest.approx((ref(2), 2), rel=1e-9)  # 4 > 3
+    # rtol=0 keeps all C-1 but never the C-th (rounding-level) direction of S_B
+    assert nc1_from_stats(stats, rtol=0.0) == pytest.approx((ref(3), 3), rel=1e-9)
+
+
+def test_nc1_drops_a_spurious_tiny_eigenvalue():
+    # the class means span C-2 directions: the (C-1)-th eigenvalue of S_B is rounding
+    z, y, m = _designed_spectrum([3.0, 2.0, 0.0])
+    got = collapse_metrics(z, y, LinearHead(m, np.zeros(4)))
+    ref = brute_force(z, y, m)
+    assert got["nc1_rank"] == 2
+    np.testing.assert_allclose(got["nc1"], ref["nc1"], rtol=1e-8)  # pinv drops it too
+    assert got["nc1"] < 10.0
+
+
+def test_inputs_that_disagree_with_the_statistics_raise():
+    z, y, head = clustered(c=4, d=6, per=20, seed=54)
+    with pytest.raises(ShapeError, match="stats have D=5 features"):
+        collapse_metrics(z, y, head, stats=ClassStats.from_features(z[:, :5], y, 4))
+    with pytest.raises(ShapeError, match="stats have C=5 classes, but the head has C=4"):
+        collapse_metrics(z, y, head, stats=ClassStats.from_features(z, y, 5))
+    with pytest.raises(ShapeError, match="stats hold 40 samples but features have 80"):
+        collapse_metrics(z, y, head, stats=ClassStats.from_features(z[:40], y[:40], 4))
+    with pytest.raises(ShapeError, match="second_moment"):
+        light = ClassStats.from_features(z, y, 4, second_moment=False)
+        collapse_metrics(z, y, head, stats=light)
+    with pytest.raises(ShapeError, match="second_moment"):
+        layer_metrics(z, y, stats=ClassStats.from_features(z, y, 4, second_moment=False))
+    with pytest.raises(ShapeError, match="stats have D=5"):
+        layer_metrics(z, y, stats=ClassStats.from_features(z[:, :5], y, 4))
+    with pytest.raises(ShapeError, match="stats have C=4 classes, but the head has C=5"):
+        layer_metrics(z, y, stats=ClassStats.from_features(z, y, 4), num_classes=5)
+    bad = y.copy()
+    bad[3] = 4
+    stats = ClassStats.from_features(z, y, 4)
+    with pytest.raises(ShapeError, match=r"labels must lie in 0..3"):
+        collapse_metrics(z, bad, head, stats=stats)
+    with pytest.raises(ShapeError, match=r"labels must lie in 0..3"):
+        layer_metrics(z, bad, stats=stats)
+    with pytest.raises(ShapeError, match=r"labels must have shape \(80,\)"):
+        layer_metrics(z, y[:-1], stats=stats)
+    with pytest.raises(ShapeError, match="need at least 2 classes|at least 2 classes"):
+        layer_metrics(z, np.zeros(80, dtype=int))
+    # given statistics are used as they are (not rebuilt from the features)
+    m = layer_metrics(z, y, stats=stats, full=False)
+    assert m["nc1_trace"] == pytest.approx(layer_metrics(z, y)["nc1_trace"], rel=1e-12)
+
+
+def test_decision_pass_counts_every_chunk():
+    from ncood.collapse import decision_metrics
+
+    z, y, head = clustered(c=3, d=4, per=10, seed=55)
+    stats = ClassStats.from_features(z, y, 3)
+    one = decision_metrics(iter([(z[:1], y[:1])]), stats, head)  # a single sample
+    mus = stats.means
+    nearest = int(cdist(z[:1], mus).argmin())
+    assert one["ncc_acc"] == float(nearest == y[0])
+    assert one["nc4"] == float(int(head.logits(z[:1]).argmax()) != nearest)
+    assert "nc4" not in decision_metrics(iter([(z, y)]), stats)
+    with pytest.raises(ShapeError, match="saw 0 samples"):
+        decision_metrics(iter([]), stats, head)
+
+
+def test_zero_rows_have_cosine_zero():
+    z, y, head = clustered(c=4, d=6, per=20, seed=56)
+    w = 1e-3 * head.weight  # norms below 1 are normalised too
+    w[2] = 0.0  # a zero row has cosine 0 with every other row
+    m = collapse_metrics(z, y, LinearHead(w, head.bias))
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    for (i, j), cos in zip(pairs, m["weight_cosines"], strict=True):
+        if 2 in (i, j):
+            assert cos == 0.0
+        else:
+            ref = w[i] @ w[j] / (np.linalg.norm(w[i]) * np.linalg.norm(w[j]))
+            assert cos == pytest.approx(ref, rel=1e-12)
+    assert m["weight_norms"][2] == 0.0 and np.isfinite(m["nc2_equinorm_weights"])
+
+
+def test_cosines_of_parallel_rows_stay_within_one():
+    rows = np.array([[0.1, 0.7, 0.3], [0.3, 2.1, 0.9], [-0.2, -1.4, -0.6]])  # parallel
+    from ncood.collapse.metrics import _offdiag_cosines
+
+    norms, cos = _offdiag_cosines(rows)
+    np.testing.assert_allclose(cos, [1.0, -1.0, -1.0], atol=1e-15)
+    assert np.all(np.abs(cos) <= 1.0)
 
 
 def test_nc5_centred_against_brute_force_with_unequal_classes():
@@ -233,16 +409,20 @@ def test_nc4_is_disagreement_with_the_nearest_mean_not_training_error():
     c, d = 5, 12
     mu = simplex_etf(c, d, seed=40) * 6.0
     y = np.repeat(np.arange(c), 40)
-    z = mu[y] + 0.3 * centred_noise(y, d, seed=41)
+    offset = 4.0 * np.arange(d) / d  # so that the head's bias matters
+    z = mu[y] + 0.3 * centred_noise(y, d, seed=41) + offset
     y_noisy = y.copy()
     y_noisy[::10] = (y[::10] + 1) % c  # 10% of the labels point to another class
     # the head is the nearest-class-mean rule of the clean classes: NC4 = 0, while its
     # training error against the noisy labels is 10%
-    head = LinearHead(mu, -0.5 * np.sum(mu**2, axis=1))
+    centres = mu + offset
+    head = LinearHead(centres, -0.5 * np.sum(centres**2, axis=1))
     m = collapse_metrics(z, y_noisy, head)
     mus = np.stack([z[y_noisy == k].mean(axis=0) for k in range(c)])
     nearest = cdist(z, mus).argmin(axis=1)
     pred = head.logits(z).argmax(axis=1)
+    wrong_sign = (z @ centres.T - head.bias).argmax(axis=1)
+    assert np.mean(wrong_sign != nearest) > 0.2  # the bias is not a bystander
     assert np.mean(pred != y_noisy) == pytest.approx(0.1)
     assert m["nc4"] == np.mean(pred != nearest) == 0.0
     assert m["ncc_acc"] == pytest.approx(np.mean(nearest == y_noisy)) == pytest.approx(0.9)
@@ -458,7 +638,7 @@ def test_fit_log_linear_recovers_geometric_decay():
     assert fit["rate"] == pytest.approx(np.log(0.3))
 
 
-def test_depth_analysis_decay_rate():
+def test_depth_metrics_and_decay_rate():
     c, d = 6, 16
     mu = simplex_etf(c, d, seed=22) * 4.0
     y = np.repeat(np.arange(c), 20)
@@ -467,88 +647,16 @@ def test_depth_analysis_decay_rate():
     wide = np.concatenate([mu[y], 2.0 * noise], axis=1)  # a "wide" layer first
     layers = {"wide": wide, **layers}
     head = LinearHead(mu, np.zeros(c))
-    res = depth_analysis(layers, y, head=head, max_full_dim=20)
-    assert not res.metrics["wide"]["full"] and "nc1" not in res.metrics["wide"]
-    assert "nc4" in res.metrics["stage3"]
-    assert "nc1" not in res.decay  # not measured in every layer
+    per_layer = depth_metrics(layers, y, head=head, max_full_dim=20)
+    assert not per_layer["wide"]["full"] and "nc1" not in per_layer["wide"]
+    assert "nc4" in per_layer["stage3"]
+    assert "nc1" not in depth_decay(per_layer)  # not measured in every layer
     # on the pooled stages alone, nc1 falls by exactly 0.5^2 per layer
-    res2 = depth_analysis({k: v for k, v in layers.items() if k != "wide"}, y, head=head)
-    assert res2.decay["nc1"]["factor"] == pytest.approx(0.25, rel=1e-9)
-    assert res2.decay["nc1_trace"]["r2"] == pytest.approx(1.0)
-    assert [r["layer"] for r in res2.table()] == ["stage0", "stage1", "stage2", "stage3"]
-    json.dumps(res.to_dict(), allow_nan=False)
-
-
-def _fs(z, y, head, name):
-    return FeatureSet(features=z, logits=head.logits(z), labels=y, name=name)
-
-
-def test_epoch_analysis_tracks_metrics_and_zero_error():
-    c, d = 5, 12
-    mu = simplex_etf(c, d, seed=24) * 3.0
-    y = np.repeat(np.arange(c), 20)
-    noise = centred_noise(y, d, seed=25)
-    head = LinearHead(mu, np.zeros(c))
-    ood = np.random.default_rng(26).standard_normal((30, d)) + 0.3
-    snaps = []
-    for epoch, s, err in [(4, 0.1, 0.0), (0, 2.0, 0.4), (2, 0.5, 0.05), (6, 0.05, 0.0)]:
-        z = mu[y] + s * noise
-        snaps.append(
-            (
-                epoch,
-                _fs(z, y, head, "train"),
-                head,
-                err,
-                {"noise": FeatureSet(ood, head.logits(ood))},
-            )
-        )
-    res = epoch_analysis(snaps)
-    assert res.epochs == [0, 2, 4, 6] and res.zero_error_epoch == 4
-    nc1 = res.series("nc1")
-    assert np.all(np.diff(nc1) < 0)
-    z2 = mu[y] + 0.5 * noise
-    assert nc1[1] == pytest.approx(collapse_metrics(z2, y, head)["nc1"], rel=1e-12)
-    assert res.series("nc5/noise")[1] == pytest.approx(nc5(z2, y, ood), rel=1e-12)
-    # train_error None: computed from the snapshot's logits
-    res2 = epoch_analysis([Snapshot(1, _fs(mu[y] + 2.0 * noise, y, head, "t"), head, None, {})])
-    direct = np.mean(head.logits(mu[y] + 2.0 * noise).argmax(1) != y)
-    assert res2.metrics[0]["train_error"] == pytest.approx(direct)
-    assert res2.zero_error_epoch is None
-    json.dumps(res.to_dict(), allow_nan=False)
-
-
-# ---------------------------------------------------------------------- figures
-def test_figures(tmp_path):
-    from ncood.report import collapse_plots as cp
-
-    z, y, head = clustered(c=5, d=10, seed=27)
-    m = collapse_metrics(z, y, head)
-    fig = cp.plot_cosine_histogram(m["mean_cosines"], 5, weight_cosines=m["weight_cosines"])
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
-    assert any(np.allclose(line.get_xdata(), -0.25) for line in ax.get_lines())
-    heat = cp.plot_mean_distances(m["mean_distances"], class_names=list("abcde"))
-    assert len(heat.axes) == 2  # heatmap + colorbar
-    assert [t.get_text() for t in heat.axes[0].get_xticklabels()] == list("abcde")
-    paths = cp.save_collapse_figures(m, tmp_path, "pen")
-    assert len(paths) == 4
-    for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    layers = {
-        f"s{k}": z + (3 - k) * np.random.default_rng(k).standard_normal(z.shape) for k in range(3)
-    }
-    depth_fig = cp.plot_depth(depth_analysis(layers, y))
-    assert depth_fig.axes[0].get_yscale() == "log"
-    assert "/layer" in depth_fig.axes[0].get_legend().get_texts()[0].get_text()
-
-    snaps = [(e, _fs(z, y, head, "t"), head, err, {}) for e, err in [(0, 0.5), (3, 0.0)]]
-    ep = cp.plot_epochs(epoch_analysis(snaps))
-    ax, ax_err = ep.axes
-    assert ax.get_yscale() == "log" and ax_err.get_ylabel()
-    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-    assert dashed and np.allclose(dashed[0].get_xdata(), 3)
+    per_layer = depth_metrics({k: v for k, v in layers.items() if k != "wide"}, y, head=head)
+    assert list(per_layer) == ["stage0", "stage1", "stage2", "stage3"]
+    decay = depth_decay(per_layer)
+    assert decay["nc1"]["factor"] == pytest.approx(0.25, rel=1e-9)
+    assert decay["nc1_trace"]["r2"] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------- real data

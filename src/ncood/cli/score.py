@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from typing import Any
 
-DEFAULT = "msp,maxlogit,energy,mahalanobis,vim,neco"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # heavy: keep --help fast (the registry imports numpy; the default list lives in config)
+    from ncood.config import DETECTORS_DEFAULT
     from ncood.detectors import list_detectors
 
+    default = ",".join(DETECTORS_DEFAULT)
     p = sub.add_parser(
         "score",
         help="fit OOD detectors on extracted features and compute AUROC, FPR@95, AUPR",
         description=(
             "Fit each detector on the ID train features of --features (written by "
             "`ncood extract`), score the ID test split and every OOD set, and write "
-            "results.json and metrics.csv to --out. One table per OOD set is printed "
-            "(values in %, * = best per column; ID is the positive class)."
+            "results.csv + run.json (docs/results_schema.md) to --out. The OOD tables are "
+            "printed (values in %; ID is the positive class)."
         ),
     )
     p.add_argument("--features", required=True, metavar="DIR", help="feature directory")
     p.add_argument(
         "--detectors",
-        default=DEFAULT,
-        help=f"comma-separated detector names (default: {DEFAULT}); available: "
+        default=default,
+        help=f"comma-separated detector names (default: {default}); available: "
         + ", ".join(list_detectors()),
     )
     p.add_argument(
@@ -37,12 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DETECTOR.KEY=VALUE",
         help="detector hyperparameter, e.g. vim.dim=32 or neco.variance=0.95 (repeatable)",
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="B",
+        help="bootstrap replicates for 95%% intervals of the metrics (default 0: none)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.set_defaults(func=run)
 
 
 def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
     """``["vim.dim=32"]`` -> ``{"vim": {"dim": 32}}``; values parsed as YAML scalars."""
+    # heavy: keep --help fast
     import yaml
 
     from ncood.errors import ConfigError
@@ -68,49 +76,46 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any]
     return params
 
 
-def write_metrics_csv(path, results: dict[str, Any]) -> None:
-    """One row per (detector, OOD set, metric): columns detector, ood, metric, value."""
-    from ncood.io import atomic_open
-
-    with atomic_open(path, "w") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["detector", "ood", "metric", "value"])
-        for det, entry in results["detectors"].items():
-            for ood, metrics in entry["ood"].items():
-                for metric, value in metrics.items():
-                    w.writerow([det, ood, metric, repr(float(value))])
-
-
 def run(args: argparse.Namespace) -> int:
+    # heavy: keep --help fast
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from ncood.detectors import evaluate, format_ood_tables
+    from ncood import __version__
+    from ncood.analysis import analyse
     from ncood.errors import ConfigError
-    from ncood.io import write_json
+    from ncood.metrics import CONVENTIONS
+    from ncood.report import terminal_summary
+    from ncood.types import load_feature_dir
 
     names = [s.strip() for s in args.detectors.split(",") if s.strip()]
     if not names:
         raise ConfigError("--detectors is empty; pass e.g. --detectors msp,vim")
     if len(set(names)) != len(names):
         raise ConfigError(f"--detectors lists a detector twice: {args.detectors!r}")
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0 replicates; got {args.bootstrap}")
     params = parse_params(args.param, names)
-    bar = tqdm(
-        total=None, file=sys.stderr, disable=args.quiet or not sys.stderr.isatty(), leave=False
+    fd = load_feature_dir(args.features)
+    if not fd.ood:
+        raise ConfigError(
+            f"{args.features!r} has no OOD sets; extract at least one with "
+            "`ncood extract ... --ood NAME`"
+        )
+    results = analyse(
+        fd,
+        detectors=params,
+        collapse=False,
+        layers=False,
+        bootstrap={"n_boot": args.bootstrap, "seed": 0} if args.bootstrap else None,
     )
-
-    def on_step(msg: str) -> None:
-        bar.set_description_str(msg)
-        bar.update(1)
-
-    try:
-        results = evaluate(args.features, params, on_step=on_step)
-    finally:
-        bar.close()
+    results.meta.update(
+        tool="ncood score",
+        ncood_version=__version__,
+        features={"path": str(args.features), "meta": fd.meta},
+        conventions=dict(CONVENTIONS),
+    )
     out = Path(args.out)
-    write_json(out / "results.json", results)
-    write_metrics_csv(out / "metrics.csv", results)
-    print(format_ood_tables(results))
-    print(f"wrote {out / 'results.json'} and {out / 'metrics.csv'}", file=sys.stderr)
+    results.save(out)
+    print(terminal_summary(results))
+    print(f"wrote {out / 'results.csv'} and {out / 'run.json'}", file=sys.stderr)
     return 0

@@ -3,21 +3,20 @@
 Papyan, Han & Donoho (PNAS 2020, arXiv 2008.08186) measure collapse at the penultimate
 layer; He & Su, "A law of data separation in deep learning" (PNAS 2023, arXiv
 2210.17020) observe that within-/between-class ratios such as ``nc1`` decay roughly
-geometrically with depth. :func:`depth_analysis` measures every layer and fits
-``log(metric) = a + r * layer_index`` by least squares: ``r`` is the decay rate per layer
-(``exp(r)`` the factor per layer), with the fit's ``R^2``.
+geometrically with depth. :func:`depth_metrics` measures every layer and
+:func:`depth_decay` fits ``log(metric) = a + r * layer_index`` by least squares: ``r`` is
+the decay rate per layer (``exp(r)`` the factor per layer), with the fit's ``R^2``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ncood.collapse.metrics import collapse_metrics, layer_metrics, to_jsonable
+from ncood.collapse.metrics import collapse_metrics, layer_metrics
 from ncood.errors import ShapeError
 from ncood.types import LinearHead
 
@@ -29,44 +28,6 @@ MAX_FULL_DIM = 4096
 
 #: Metrics fitted against depth (those measured in every layer).
 DEPTH_METRICS = ("nc1", "nc1_trace", "cdnv")
-
-
-@dataclass
-class DepthResult:
-    """Per-layer metrics in depth order and the fitted decay of each metric.
-
-    Attributes:
-        layers: layer names, shallow to deep.
-        metrics: ``{layer: metrics dict}`` (as :func:`layer_metrics` / :func:`collapse_metrics`).
-        decay: ``{metric: {"rate", "factor", "intercept", "r2", "n_layers"}}``.
-    """
-
-    layers: list[str]
-    metrics: dict[str, dict[str, Any]]
-    decay: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per layer: name, width, whether the full set was computed, scalars."""
-        rows = []
-        for name in self.layers:
-            m = self.metrics[name]
-            row: dict[str, Any] = {"layer": name, "dim": m["dim"], "full": m.get("full", True)}
-            for key in ("nc1", "nc1_trace", "cdnv", "ncc_acc", "nc4"):
-                if key in m:
-                    row[key] = m[key]
-            rows.append(row)
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (per-layer scalars and arrays, table, decay fits)."""
-        return to_jsonable(
-            {
-                "layers": self.layers,
-                "table": self.table(),
-                "decay": self.decay,
-                "metrics": self.metrics,
-            }
-        )
 
 
 def fit_log_linear(values: Sequence[float]) -> dict[str, float]:
@@ -101,7 +62,7 @@ def fit_log_linear(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def depth_analysis(
+def depth_metrics(
     layers: Mapping[str, Any],
     labels,
     *,
@@ -110,8 +71,8 @@ def depth_analysis(
     num_classes: int | None = None,
     chunk_size: int | None = None,
     head_metrics: dict[str, Any] | None = None,
-) -> DepthResult:
-    """Collapse metrics of every layer, shallow to deep, and their decay rate with depth.
+) -> dict[str, dict[str, Any]]:
+    """Collapse metrics of every layer, shallow to deep.
 
     Args:
         layers: ``{layer_name: features (n_samples, d_layer)}`` in depth order; the last
@@ -120,14 +81,15 @@ def depth_analysis(
         head: the final linear layer; the last layer then gets :func:`collapse_metrics`
             (``nc2`` of weights, ``nc3``, ``nc4``) in addition.
         max_full_dim: layers wider than this get only ``nc1_trace``, ``cdnv``,
-            ``ncc_acc`` (no ``(d, d)`` matrix).
+            ``ncc_acc`` (no ``(d, d)`` matrix); the others every :func:`layer_metrics`.
         num_classes: ``C`` (default: the head's, else ``max(labels) + 1``).
         chunk_size: rows per chunk.
         head_metrics: an already computed :func:`collapse_metrics` of the last layer
             (reused instead of recomputed).
 
     Returns:
-        :class:`DepthResult`.
+        ``{layer_name: metrics dict}`` in depth order (each with ``full``: whether the
+        full set was computed).
     """
     names = list(layers)
     if not names:
@@ -149,37 +111,24 @@ def depth_analysis(
             m = layer_metrics(feats, labels, full=full, num_classes=c, chunk_size=chunk_size)
         log.info("layer %s (d=%d): nc1_trace=%.4g", name, feats.shape[1], m["nc1_trace"])
         metrics[name] = m
-    decay = {}
-    for key in DEPTH_METRICS:
-        if all(key in metrics[n] for n in names):
-            decay[key] = fit_log_linear([metrics[n][key] for n in names])
-    return DepthResult(layers=names, metrics=metrics, decay=decay)
+    return metrics
 
 
-def layer_keys(fs) -> dict[str, str | None]:
-    """Layers of a FeatureSet in depth order: ``{display name: layer key}``.
+def depth_decay(
+    metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = DEPTH_METRICS
+) -> dict[str, dict[str, float]]:
+    """:func:`fit_log_linear` of each metric of ``keys`` measured in every layer.
 
-    The key is ``None`` for the penultimate features (``fs.features``). When the deepest
-    pooled stage *is* the penultimate layer (ResNets pool the last stage into the head's
-    input), it is listed once, as ``"<stage> (penultimate)"``, so a depth fit never counts
-    it twice.
+    Args:
+        metrics: ``{layer_name: metrics dict}`` in depth order (:func:`depth_metrics`).
+        keys: metric names to fit.
+
+    Returns:
+        ``{metric: {"rate", "factor", "intercept", "r2", "n_layers"}}``; a metric missing
+        from some layer (e.g. ``nc1`` of a wide layer) is left out.
     """
-    keys: dict[str, str | None] = {k: k for k in fs.layers}
-    feats = fs.features
-    if keys:
-        last = list(keys)[-1]
-        arr = fs.layers[last]
-        k = min(256, len(feats))
-        if arr.shape == feats.shape and np.array_equal(arr[:k], feats[:k]):
-            del keys[last]
-            keys[f"{last} (penultimate)"] = None
-            return keys
-    keys["penultimate"] = None
-    return keys
-
-
-def layer_stack(fs) -> dict[str, Any]:
-    """``{display name: features}`` in depth order (see :func:`layer_keys`)."""
     return {
-        name: fs.features if key is None else fs.layers[key] for name, key in layer_keys(fs).items()
+        key: fit_log_linear([m[key] for m in metrics.values()])
+        for key in keys
+        if all(key in m for m in metrics.values())
     }
