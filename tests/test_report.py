@@ -580,3 +580,20 @@ def test_collapse_figures_draw_what_they_claim(fixture_data):
     assert ax.get_yscale() == "log" and ax_err.get_ylabel()
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert dashed and np.allclose(dashed[0].get_xdata(), 4)
+
+
+def test_rows_without_regime_or_epoch_are_one_network(fixture_data, tmp_path):
+    """`ncood score` / `ncood collapse --features` write rows that name no regime or epoch."""
+    df = fixture_data[0].to_frame()
+    df = df[(df["regime"] == "standard") & (df["epoch"] == LAST)].assign(regime=None, epoch=None)
+    res = Results(df, {})
+    text = terminal_summary(res)
+    for d, o in ((d, o) for d in DETECTORS for o in OOD_SETS):
+        v = res.value(detector=d, ood=o, layer=PENULTIMATE, metric="auroc")
+        assert f"{100 * v:.2f}" in text
+    assert f"{T.UNNAMED}: OOD detection (%)" in text
+    assert any(s.startswith(f"Best detector on digits ({T.UNNAMED})") for s in findings(res))
+    no_ood = Results(df[df["detector"].isna()], {})  # collapse only
+    html = write_report(no_ood, tmp_path)["html"].read_text()
+    assert "OOD detection was not computed in this run." in html
+    assert T.UNNAMED in html and "could not" not in html

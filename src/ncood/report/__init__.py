@@ -23,7 +23,7 @@ def terminal_summary(results: Results) -> str:
     Training, then per regime AUROC and FPR@95 of every detector on every OOD set, then
     NC1-NC4 and NC5 of the penultimate layer; tables the run did not compute are left out.
     """
-    res = results
+    res = _tables.named(results)
     tables = [_tables.training_table(res)]
     tables += [_tables.compact_ood_table(res, r) for r in _tables.regimes(res)]
     tables += [_tables.collapse_table(res), _tables.nc5_table(res)]

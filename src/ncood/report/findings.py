@@ -290,6 +290,7 @@ def findings(results: Results) -> list[str]:
     Returns:
         Sentences, each quoting the numbers it rests on.
     """
+    results = T.named(results)
     return [
         *best_detector_findings(results),
         *collapse_findings(results),

@@ -258,11 +258,13 @@ class _Report:
                 "deviation over seeds."
             )
         )
-        for reg in self.regimes:
+        if not self.oods:
+            s.blocks = [Text("OOD detection was not computed in this run.", "note")]
+        for reg in self.regimes if self.oods else []:
             s.blocks.append(Text(f"Regime: {reg}", "h3"))
             for o in self.oods:
                 s.blocks.append(T.ood_table(self.res, reg, o))
-        if len(self.regimes) >= 2:
+        if len(self.regimes) >= 2 and self.oods:
             s.blocks.append(Text("Regimes side by side", "h3"))
             s.blocks += [T.regime_table(self.res, o) for o in self.oods]
             df = pd.concat(
@@ -510,6 +512,7 @@ def write_report(
         ``"figures/<name>.png"`` per figure.
     """
     out = Path(directory)
+    results = T.named(results)
     report = _Report(results, scores)
     sections = report.sections()
     paths: dict[str, Path] = {"figures": out / "figures"}

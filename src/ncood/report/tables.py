@@ -93,6 +93,17 @@ class Table:
 
 
 # ------------------------------------------------------------------------ queries
+UNNAMED = "network"  # the regime of rows that name none (ncood score/collapse on features)
+
+
+def named(res: Results) -> Results:
+    """``res`` with an empty ``regime`` called :data:`UNNAMED`, so every row has a network."""
+    df = res.to_frame()
+    if df["regime"].notna().all():
+        return res
+    return Results(df.assign(regime=df["regime"].fillna(UNNAMED)), res.meta)
+
+
 def regimes(res: Results) -> list[str]:
     return res.values("regime")
 
