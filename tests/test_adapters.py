@@ -19,7 +19,7 @@ from torch import nn
 
 from ncood.data import load_images
 from ncood.data.streams import EvalTransform
-from ncood.errors import CheckpointError, ConfigError
+from ncood.errors import CheckpointError, ConfigError, DataError, NcoodError
 from ncood.models.adapters import (
     ModelAdapter,
     eval_transform,
@@ -367,3 +367,122 @@ def test_explicit_transform_values_win():
     assert tf == EvalTransform(64, 64, 3, (0.5,) * 3, (0.2,) * 3, "bilinear")
     grey = eval_transform(nn.Linear(2, 2), input_size=(1, 28, 28))
     assert grey.channels == 1 and len(grey.mean) == 1
+
+
+# ----------------------------------------------------------------- ncood.evaluate
+
+
+def _msp_auroc(id_logits: np.ndarray, ood_logits: np.ndarray) -> float:
+    from scipy.special import softmax
+    from sklearn.metrics import roc_auc_score
+
+    s_id = softmax(id_logits.astype(np.float64), axis=1).max(1)
+    s_ood = softmax(ood_logits.astype(np.float64), axis=1).max(1)
+    y = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
+    return float(roc_auc_score(y, np.r_[s_id, s_ood]))
+
+
+def test_evaluate_torchvision_resnet18_end_to_end(tmp_path, resnet_weights):
+    import ncood
+    from ncood.types import load_feature_dir
+
+    reference, path = resnet_weights
+    out = tmp_path / "out"
+    res = ncood.evaluate(
+        "torchvision:resnet18",
+        weights=path,
+        train="fashion_mnist",
+        test="fashion_mnist",
+        ood=["digits", "crops=texture_crops"],
+        detectors=["msp", "energy"],
+        layers=["layer3"],
+        input_size=SIZE,
+        max_train_samples=120,
+        max_test_samples=40,
+        max_ood_samples=40,
+        out=out,
+        num_workers=0,
+    )
+    fd = load_feature_dir(out / "features")  # a plain features directory
+    assert sorted(fd.ood) == ["crops", "digits"] and (out / "results.csv").is_file()
+    arrays = load_images("fashion_mnist", "test", n=40, seed=0)
+    x = EvalTransform(SIZE, SIZE, 3)(arrays.images)
+    z_ref, f_ref = avgpool_features(reference, x)
+    np.testing.assert_allclose(fd.test.features, z_ref.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fd.test.logits, f_ref.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fd.test.labels, arrays.labels.numpy())
+    assert fd.train.layers["layer3"].shape == (120, 256)
+    got = res.value(metric="auroc", detector="msp", ood="digits", layer="penultimate")
+    assert got == pytest.approx(_msp_auroc(fd.test.logits, fd.ood["digits"].logits), abs=1e-12)
+    assert res.meta["model"]["weights_sha256"]
+
+
+class DictLoader(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "label": 0}
+
+
+def _bad_folder(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "faces"
+    d.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(d / f"{i}.png")
+    (d / "3.png").write_bytes(b"not a png")
+    return d
+
+
+BAD_INPUTS = {
+    "other architecture": (
+        "weights_other",
+        CheckpointError,
+        "missing keys: conv1.weight.*unexpected keys: features.0.0.weight",
+    ),
+    "num_classes mismatch": ("classes", CheckpointError, "num_classes is 100.*for 10 classes"),
+    "no linear head": ("squeeze", ConfigError, "no nn.Linear layer.*head='NAME'"),
+    "unreadable image": ("folder", DataError, "cannot read image .*3.png"),
+    "dataloader of dicts": ("dicts", DataError, r"must yield \(images, labels\).*a dict with keys"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_evaluate_bad_inputs_one_line_and_nothing_written(case, tmp_path, resnet_weights):
+    import ncood
+
+    kind, exc, match = BAD_INPUTS[case]
+    _, path = resnet_weights
+    kwargs = dict(
+        train="fashion_mnist",
+        test="fashion_mnist",
+        ood=["digits"],
+        detectors=["msp"],
+        layers=[],
+        input_size=SIZE,
+        max_train_samples=40,
+        max_test_samples=20,
+        max_ood_samples=20,
+        num_workers=0,
+    )
+    model: object = "torchvision:resnet18"
+    if kind == "weights_other":
+        other = torchvision.models.mobilenet_v3_small(num_classes=10)
+        torch.save(other.state_dict(), tmp_path / "other.pt")
+        kwargs["weights"] = tmp_path / "other.pt"
+    elif kind == "classes":
+        kwargs.update(weights=path, num_classes=100)
+    elif kind == "squeeze":
+        model = torchvision.models.squeezenet1_0(num_classes=10)
+    elif kind == "folder":
+        kwargs.update(weights=path, ood=[f"faces=folder:{_bad_folder(tmp_path)}"])
+    elif kind == "dicts":
+        kwargs.update(weights=path, ood={"d": torch.utils.data.DataLoader(DictLoader())})
+    out = tmp_path / "out"
+    with pytest.raises(NcoodError, match=match) as err:
+        ncood.evaluate(model, out=out, **kwargs)
+    assert isinstance(err.value, exc)
+    assert "\n" not in str(err.value)
+    assert not out.exists()  # nothing written

@@ -348,3 +348,78 @@ def test_unsupported_data_is_one_clear_error():
         open_stream({"images": 1})
     with pytest.raises(ConfigError, match="unknown dataset 'fashon_mnist'"):
         open_stream("fashon_mnist")
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@pytest.fixture(scope="module")
+def narrow():
+    from ncood.data import InputSpec
+    from ncood.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet_narrow", num_classes=10, in_channels=1).eval()
+    return model, InputSpec(size=28, channels=1, mean=(0.3,), std=(0.35,))
+
+
+def test_extract_stream_equals_in_memory_extract(tmp_path, fmnist, narrow):
+    from ncood.extract import extract, extract_stream
+
+    model, spec = narrow
+    layers = ["layer1", "layer3"]
+    ref = extract(model, fmnist, spec, layers=layers, batch_size=16, progress=False)
+    stream = open_stream("fashion_mnist", n=60, seed=0, transform=spec, batch_size=16)
+    on_disk = extract_stream(model, stream, layers=layers, out=tmp_path / "fs", progress=False)
+    in_memory = extract_stream(model, stream, layers=layers, progress=False)
+    for fs in (on_disk, in_memory):
+        np.testing.assert_array_equal(fs.features, ref.features)
+        np.testing.assert_array_equal(fs.logits, ref.logits)
+        np.testing.assert_array_equal(fs.labels, ref.labels)
+        for k in layers:
+            np.testing.assert_array_equal(fs.layers[k], ref.layers[k])
+    assert sorted(os.listdir(tmp_path / "fs")) == [
+        "features.npy",
+        "labels.npy",
+        "layer.layer1.npy",
+        "layer.layer3.npy",
+        "logits.npy",
+        "meta.json",
+    ]
+    loaded = FeatureSet.load(tmp_path / "fs")
+    assert isinstance(np.load(tmp_path / "fs" / "features.npy", mmap_mode="r"), np.memmap)
+    np.testing.assert_array_equal(loaded.features, ref.features)
+
+
+def test_extract_stream_of_unknown_length_and_unlabelled(tmp_path, fmnist, narrow):
+    from ncood.extract import extract, extract_stream
+
+    model, spec = narrow
+    ref = extract(model, fmnist, spec, batch_size=16, progress=False)
+
+    class Items(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for img in fmnist.images:
+                yield img, -1
+
+    loader = torch.utils.data.DataLoader(Items(), batch_size=16)
+    stream = open_stream(loader, transform=spec)
+    assert stream.n is None
+    fs = extract_stream(model, stream, out=tmp_path / "fs", progress=False)
+    np.testing.assert_array_equal(fs.features, ref.features)
+    assert fs.labels is None and not (tmp_path / "fs" / "labels.npy").exists()
+
+
+def test_failed_extraction_leaves_nothing_that_loads(tmp_path, fmnist, narrow):
+    from ncood.errors import CheckpointError
+    from ncood.extract import extract_stream
+
+    model, spec = narrow
+    files = _write_folder(tmp_path / "imgs", fmnist)
+    files[-1].write_bytes(b"broken")  # the last batch fails
+    stream = open_stream(f"folder:{tmp_path / 'imgs'}", transform=spec, num_workers=0)
+    with pytest.raises(DataError, match="cannot read image"):
+        extract_stream(model, stream, layers=["layer1"], out=tmp_path / "fs", progress=False)
+    assert os.listdir(tmp_path / "fs") == []
+    with pytest.raises(CheckpointError, match="no meta.json"):
+        FeatureSet.load(tmp_path / "fs")

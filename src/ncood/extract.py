@@ -39,7 +39,7 @@ from ncood.distributed import (
     take_shard,
 )
 from ncood.errors import CheckpointError, ConfigError
-from ncood.io import file_sha256, safe_name
+from ncood.io import file_sha256, safe_name, save_npy
 from ncood.registry import closest
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ncood.types import FeatureDir, FeatureSet
@@ -314,3 +314,190 @@ def extract_checkpoint(
         else:
             fd.save(out)
     return fd
+
+
+# --------------------------------------------------------------------------- streaming
+class _RowWriter:
+    """Rows of one ``.npy`` array written batch by batch, never held in memory.
+
+    With ``n`` known the file is created by ``np.lib.format.open_memmap`` (numpy's own
+    header) and rows are written at their offsets with plain file writes, so the pages
+    go to the page cache instead of this process's resident memory; otherwise rows are
+    appended to a raw file that gets its header at :meth:`close`. The file appears under
+    its final name only when complete (``os.replace``).
+    """
+
+    def __init__(self, path: Path, n: int | None) -> None:
+        self.path, self.n = path, n
+        self.tmp = path.with_name(f".{path.name}.partial")
+        self.rows = 0
+        self._fh = None
+        self._offset = 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block)
+        if self._fh is None:
+            self.dtype, self.row_shape = block.dtype, block.shape[1:]
+            if self.n is not None:
+                mm = np.lib.format.open_memmap(
+                    self.tmp, mode="w+", dtype=self.dtype, shape=(self.n, *self.row_shape)
+                )
+                self._offset = mm.offset
+                del mm  # the header and the file size are written; rows follow by offset
+                self._fh = open(self.tmp, "r+b")  # noqa: SIM115 - closed in close()
+            else:
+                self._fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
+        if self.n is not None and self.rows + len(block) > self.n:
+            raise ConfigError(
+                f"{self.path.parent.name}: the data yields more than the {self.n} images it "
+                "announced (len of the Dataset/DataLoader); fix its __len__"
+            )
+        if self.n is not None:
+            row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+            self._fh.seek(self._offset + self.rows * row_bytes)
+        self._fh.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> tuple[int, ...]:
+        """Finish the file under its final name; returns its shape."""
+        if self._fh is None:
+            raise ConfigError(f"no images were extracted for {self.path.parent}")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        shape = (self.rows, *self.row_shape)
+        if self.n is not None and self.rows != self.n:
+            raise ConfigError(
+                f"{self.path.parent.name}: the data yielded {self.rows} images but announced "
+                f"{self.n} (len of the Dataset/DataLoader); fix its __len__"
+            )
+        if self.n is None:  # prepend the header: copy the raw rows once
+            raw, self.tmp = self.tmp, self.tmp.with_name(self.tmp.name + ".npy")
+            with open(self.tmp, "wb") as out, open(raw, "rb") as src:
+                header = {"descr": np.lib.format.dtype_to_descr(self.dtype)}
+                header.update(fortran_order=False, shape=shape)
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(src, out, 16 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            raw.unlink()
+        os.replace(self.tmp, self.path)
+        return shape
+
+    def abort(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+        for p in (self.tmp, self.tmp.with_name(self.tmp.name + ".npy")):
+            p.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def extract_stream(
+    model: nn.Module,
+    stream,
+    *,
+    layers: Sequence[str] = (),
+    out: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+    name: str = "",
+    meta: dict[str, Any] | None = None,
+) -> FeatureSet:
+    """Extract features, logits and pooled layers from an :class:`~ncood.data.streams.
+    ImageStream`, batch by batch.
+
+    Only the current batch is in memory: with ``out`` every array is written to its
+    ``.npy`` file as the batches come (created with ``np.lib.format.open_memmap``) and
+    the result is loaded memory-mapped; ``meta.json`` is written last, in
+    :meth:`FeatureSet.save`'s format, so a killed extraction leaves no entry that loads.
+
+    Args:
+        model: an ncood model or any classifier (wrapped by
+            :func:`ncood.models.adapters.wrap_model`).
+        stream: the images (:func:`ncood.data.streams.open_stream`).
+        layers: submodule names whose outputs are pooled and kept.
+        out: directory of the FeatureSet (None: in memory).
+        device, precision, progress, name, meta: as :func:`extract`.
+
+    Returns:
+        FeatureSet: features ``(n, D)`` float32, logits ``(n, C)`` float32, labels
+        ``(n,)`` int64 (None when every label is -1), ``layers``.
+    """
+    from ncood.io import write_json
+    from ncood.models.adapters import wrap_model
+    from ncood.types import FORMAT_VERSION
+
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+    model = wrap_model(model)
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    name = name or getattr(stream, "name", "")
+    keys = ["features", "logits", *[f"layer.{k}" for k in layers]]
+    directory = None if out is None else Path(out)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "meta.json").unlink(missing_ok=True)
+        writers = {k: _RowWriter(directory / f"{k}.npy", stream.n) for k in keys}
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    labels: list[np.ndarray] = []
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    bar = tqdm(
+        total=stream.n,
+        desc=f"extract {name}".strip(),
+        unit="img",
+        file=sys.stderr,
+        disable=not progress or not sys.stderr.isatty(),
+        leave=False,
+    )
+    try:
+        with capture(model, list(layers)) as captured, autocast:
+            for x, y in stream.model_batches(dev):
+                z = model.forward_features(x)  # (b, D)
+                f = model.forward_head(z)  # (b, C)
+                row = {"features": z, "logits": f}
+                row.update({f"layer.{k}": captured[k] for k in layers})
+                for k in keys:
+                    arr = row[k].float().cpu().numpy()
+                    if directory is None:
+                        chunks[k].append(arr)
+                    else:
+                        writers[k].write(arr)
+                labels.append(y.cpu().numpy().astype(np.int64))
+                bar.update(x.shape[0])
+        y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        if directory is None:
+            if not labels:
+                raise ConfigError(f"no images were extracted for {name!r}")
+            arrays = {k: np.concatenate(v) for k, v in chunks.items()}
+        else:
+            shapes = {k: w.close() for k, w in writers.items()}
+    except BaseException:
+        if directory is not None:
+            for w in writers.values():
+                w.abort()
+        raise
+    finally:
+        bar.close()
+        model.train(was_training)
+    y_out = None if not len(y_all) or (y_all < 0).all() else y_all
+    if directory is None:
+        return FeatureSet(
+            features=arrays["features"],
+            logits=arrays["logits"],
+            labels=y_out,
+            name=name,
+            meta=dict(meta or {}),
+            layers={k: arrays[f"layer.{k}"] for k in layers},
+        )
+    listing = {k: {"shape": list(s), "dtype": "float32"} for k, s in shapes.items()}
+    if y_out is not None:
+        save_npy(directory / "labels.npy", y_out)
+        listing["labels"] = {"shape": [len(y_out)], "dtype": "int64"}
+    write_json(
+        directory / "meta.json",
+        {"format": FORMAT_VERSION, "name": name, "arrays": listing, "meta": dict(meta or {})},
+    )
+    return FeatureSet.load(directory)
