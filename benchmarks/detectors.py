@@ -7,7 +7,7 @@
 
 Default mode: synthetic post-ReLU float32 features, 50,000 x 512 train (C = 100),
 10,000 ID test, 10,000 OOD. Times fit + score of every registered detector but KNN
-the way ``ncood.detectors.evaluate`` does (class statistics computed once and shared), per
+the way ``ncood.analysis.analyse`` does (class statistics computed once and shared), per
 detector and in total (target: at most 3 s on 2 cores), then KNN on its own, and the
 peak memory: ``tracemalloc`` (every NumPy allocation during the evaluation) and the
 process's max RSS. In the same run, the simplest correct implementation of each
@@ -43,8 +43,8 @@ from scipy.special import logsumexp
 from scipy.stats import entropy as scipy_entropy
 
 from ncood.collapse.stats import ClassStats
+from ncood.config import DETECTORS_DEFAULT
 from ncood.detectors import (
-    DEFAULT_DETECTORS,
     create_detector,
     detector_class,
     list_detectors,
@@ -299,7 +299,7 @@ NAIVE_ROWS = {"knn": 2_000}
 
 # --------------------------------------------------------------------------- timing
 def run_detectors(fd, specs, stats):
-    """Fit on ``fd.train`` and score ID test + OOD, as ``evaluate`` does (statistics shared
+    """Fit on ``fd.train`` and score ID test + OOD, as ``analyse`` does (statistics shared
     by the ``uses_stats`` detectors). ``specs``: names, or ``{label: (name, params)}``.
 
     Returns ``({label: {"fit_s", "score_s", "cpu_s", "auroc"}}, {label: scores (ID then
@@ -515,7 +515,7 @@ def large(args) -> None:
         stats_s = time.perf_counter() - t0
         print(f"  class statistics (one chunked pass over the file): {stats_s:.1f} s")
         rows, aurocs = [], {}
-        for name in DEFAULT_DETECTORS:
+        for name in DETECTORS_DEFAULT:
             det = create_detector(name)
             t0 = time.perf_counter()
             det.fit(

@@ -385,10 +385,10 @@ def test_label_free_detectors_fit_without_labels(small):
         np.testing.assert_array_equal(det.score(small.X, small.F), ref.score(small.X, small.F))
 
 
-def test_evaluate_runs_every_detector_with_shared_statistics(relu_blobs):
-    """evaluate() computes class statistics once and passes train features only to
+def test_analyse_runs_every_detector_with_shared_statistics(relu_blobs):
+    """analyse() computes class statistics once and passes train features only to
     detectors that need them: every registered detector must fit that way."""
-    from ncood.detectors import evaluate
+    from ncood.analysis import analyse
     from ncood.types import FeatureDir, FeatureSet
 
     z, y, head, x, o = relu_blobs
@@ -398,10 +398,10 @@ def test_evaluate_runs_every_detector_with_shared_statistics(relu_blobs):
         ood={"spikes": FeatureSet(o, head.logits(o), None, "ood")},
         head=head,
     )
-    res = evaluate(fd, list_detectors())
-    assert set(res["detectors"]) == set(list_detectors())
-    for name, r in res["detectors"].items():
-        assert r["ood"]["spikes"]["auroc"] > 0.9, name
+    res = analyse(fd, detectors=list_detectors(), collapse=False, layers=False)
+    assert set(res.values("detector")) == set(list_detectors())
+    for name in list_detectors():
+        assert res.value(metric="auroc", detector=name, ood="spikes") > 0.9, name
 
 
 # --------------------------------------------------------------------------- registry contract

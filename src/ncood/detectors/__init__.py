@@ -10,8 +10,8 @@ det.score(features, logits)                   # -> (n,) float64, higher = in-dis
 One module per family: ``logit`` (msp, maxlogit, energy, react, gen, entropy,
 kl_matching), ``gaussian`` (mahalanobis), ``subspace`` (vim, neco), ``neighbors`` (knn,
 nnguide), ``classwise`` (rmds, fdbd, nci, she), ``activation`` (scale, ash_s, ash_p,
-ash_b, dice); docs/detectors.md lists them all. :func:`evaluate` fits and scores a set of
-detectors on a feature directory; :func:`format_ood_tables` prints it.
+ash_b, dice); docs/detectors.md lists them all. :func:`ncood.analysis.analyse` fits and
+scores a set of detectors on a feature directory (as rows of the results table).
 """
 
 from ncood.detectors import (  # noqa: F401  (registration)
@@ -29,15 +29,11 @@ from ncood.detectors.base import (
     list_detectors,
     register_detector,
 )
-from ncood.detectors.evaluate import DEFAULT_DETECTORS, evaluate, format_ood_tables
 
 __all__ = [
-    "DEFAULT_DETECTORS",
     "Detector",
     "create_detector",
     "detector_class",
-    "evaluate",
-    "format_ood_tables",
     "list_detectors",
     "register_detector",
 ]
