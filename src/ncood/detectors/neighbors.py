@@ -189,6 +189,9 @@ class KNN(Detector):
         return "faiss"
 
     def _score_chunk_rows(self, width: int) -> int:
+        if getattr(self, "backend_", "numpy") == "faiss":
+            # faiss blocks the search itself (bounded memory) and is slow on small batches
+            return chunk_rows(width)
         block = min(self.train_.shape[0], TRAIN_ROWS)
         return max(1, min(SIM_VALUES // block, chunk_rows(width)))
 
