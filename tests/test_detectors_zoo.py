@@ -452,6 +452,11 @@ def test_contract_errors(name, relu_blobs):
     f_bad[4, 1] = np.nan
     with pytest.raises(ShapeError, match="NaN/inf"):
         det.score(x_bad, f_bad)
+    if det.needs_fit:  # the train features are validated too, even where only the head is used
+        z_bad = z.copy()
+        z_bad[123, 5] = np.inf
+        with pytest.raises(ShapeError, match=r"NaN/inf.*first at index \[123, 5\]"):
+            create_detector(name).fit(z_bad, y, head)
 
 
 @pytest.mark.parametrize(
