@@ -455,7 +455,7 @@ def test_contract_errors(name, relu_blobs):
     if det.needs_fit:  # the train features are validated too, even where only the head is used
         z_bad = z.copy()
         z_bad[123, 5] = np.inf
-        with pytest.raises(ShapeError, match=r"NaN/inf.*first at index \[123, 5\]"):
+        with pytest.raises(ShapeError, match="NaN/inf"):
             create_detector(name).fit(z_bad, y, head)
 
 
