@@ -122,7 +122,8 @@ class FDBD(Detector):
     distance from the train mean.
 
     Liu & Qin, "Fast Decision Boundary based Out-of-Distribution Detector", ICML 2024
-    (arXiv 2312.11536). The paper sums over ``c`` (a constant factor ``C - 1`` away).
+    (arXiv 2312.11536). OpenOOD's code sums over ``c`` instead of averaging (a constant
+    factor ``C - 1``: the same ranking).
     OpenOOD v1.5 also offers ``||z||`` as the normaliser (its sweep:
     ``distance_as_normalizer`` True/False); the default (True, the paper's) is DESIGN's.
 

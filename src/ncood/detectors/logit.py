@@ -229,8 +229,9 @@ class GEN(_LogitDetector):
 class Entropy(_LogitDetector):
     """Negative Shannon entropy of the softmax: ``sum_i p_i log p_i``, ``p = softmax(f)``.
 
-    The classic uncertainty baseline (no tunable parameter); OpenOOD v1.5 does not list
-    it, pytorch-ood has it as ``Entropy``. Computed from an accurate log-softmax
+    The classic uncertainty baseline (Shannon entropy of the predictive distribution; no
+    single source paper, no tunable parameter); OpenOOD v1.5 does not list it,
+    pytorch-ood has it as ``Entropy``. Computed from an accurate log-softmax
     (:func:`_log_softmax`): a probability that underflows to 0 contributes 0, not NaN,
     and confident samples (entropy ~1e-10) keep their relative precision.
     """
