@@ -461,7 +461,7 @@ def test_numbers_in_the_html_are_the_results_values(report, fixture_data):
 def test_intervals_and_seeds_reach_the_report(with_ci, fixture_data, tmp_path):
     html = write_report(with_ci, tmp_path / "ci")["html"].read_text()
     assert re.search(r"<td class=\"num\">(<strong>)?[\d.]+ \[[\d.]+, [\d.]+\]", html)
-    assert "(95% CI [" in html
+    assert re.search(r"AUROC [\d.]+%, 95% CI \[[\d.]+, [\d.]+\]", html)
     html = write_report(with_seeds(fixture_data[0]), tmp_path / "seeds")["html"].read_text()
     assert re.search(r"<td class=\"num\">(<strong>)?[\d.]+ ± [\d.]+", html)
     assert "over 3 seeds" in html and "seeds 0, 1, 2" in html

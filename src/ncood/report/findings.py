@@ -1,7 +1,7 @@
 """Short generated sentences stating what the numbers of a run show, and nothing more.
 
 Every sentence is a query over a :class:`~ncood.results.Results` and quotes the numbers it
-rests on: ``value``, ``value (95% CI [lo, hi])`` where the run computed an interval, or
+rests on: ``value``, ``value, 95% CI [lo, hi]`` where the run computed an interval, or
 ``mean ± std over n seeds``. A difference between two detectors is called real ("A beats
 B by x points") or "about equal" only from a paired bootstrap interval of the difference
 (rows ``metric="auroc_diff"``, ``detector=A``, ``params={"vs": B}``, value AUROC(A) -
@@ -35,7 +35,7 @@ def _say(rows: pd.DataFrame, fmt=T.pct, unit: str = "%") -> str:
     if n > 1:
         return f"{fmt(mean)}{unit} ± {fmt(std)} over {n} seeds"
     if np.isfinite(lo) and np.isfinite(hi):
-        return f"{fmt(mean)}{unit} (95% CI [{fmt(lo)}, {fmt(hi)}])"
+        return f"{fmt(mean)}{unit}, 95% CI [{fmt(lo)}, {fmt(hi)}]"
     return f"{fmt(mean)}{unit}"
 
 

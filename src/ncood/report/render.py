@@ -362,8 +362,12 @@ class _Report:
                     fits[m] = f"  (x{np.exp(rate):.3g}/layer" + (
                         f", $R^2$={r2:.2f})" if np.isfinite(r2) else ")"
                     )
-            wide = wide.reindex(T.layers(self.res, reg))
-            fig = F.depth_lines(wide, fits, title=f"Collapse vs depth ({reg})")
+            dims = T.final(self.res, reg, metric="dim").groupby("layer")["value"].first()
+            wide = wide.reindex(index=T.layers(self.res, reg), columns=[*T.DEPTH_METRICS[:3]])
+            wide.index = [f"{n}\n(d={dims[n]:.0f})" if n in dims else n for n in wide.index]
+            fig = F.depth_lines(
+                wide.dropna(axis=1, how="all"), fits, title=f"Collapse vs depth ({reg})"
+            )
             self.figure(
                 s.blocks, f"depth_{_slug(reg)}_collapse", CAPTIONS["depth"].format(reg), fig
             )
