@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/detectors.py --no-baseline   # skip the naive baselines (~40 s)
     .venv/bin/python benchmarks/detectors.py --large         # 500,000 x 2,048 train on disk
     .venv/bin/python benchmarks/detectors.py --smoke         # 1/10 of the data (runs?)
+    .venv/bin/python benchmarks/detectors.py --blas-threads 1  # on a machine others load
 
 Default mode: synthetic post-ReLU float32 features, 50,000 x 512 train (C = 100),
 10,000 ID test, 10,000 OOD. Times fit + score of every registered detector but KNN
@@ -550,11 +551,26 @@ def main() -> None:
     p.add_argument("--tmp", default=None, help="directory for the --large temp file")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive baselines")
     p.add_argument("--smoke", action="store_true", help="1/10 of the data: checks it runs")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="limit BLAS (and faiss) threads; 1 avoids OpenBLAS spin-waiting when other "
+        "processes load the cores (2 threads on a machine at load 10 ran 8x slower)",
+    )
     args = p.parse_args()
-    if args.large:
-        large(args)
+    run = large if args.large else cifar_scale
+    if args.blas_threads is None:
+        run(args)
     else:
-        cifar_scale(args)
+        from threadpoolctl import threadpool_limits
+
+        from ncood.detectors.neighbors import _faiss
+
+        if _faiss() is not None:  # faiss's OpenMP threads too
+            _faiss().omp_set_num_threads(args.blas_threads)
+        with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+            run(args)
 
 
 if __name__ == "__main__":
