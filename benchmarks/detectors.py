@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/detectors.py                 # 50,000 x 512 train, C=100
     .venv/bin/python benchmarks/detectors.py --no-baseline   # skip the naive baselines (~40 s)
     .venv/bin/python benchmarks/detectors.py --large         # 500,000 x 2,048 train on disk
+    .venv/bin/python benchmarks/detectors.py --knn           # KNN, 1,000,000 x 2,048 (8 GB)
     .venv/bin/python benchmarks/detectors.py --smoke         # 1/10 of the data (runs?)
     .venv/bin/python benchmarks/detectors.py --blas-threads 1  # on a machine others load
 
@@ -544,10 +545,67 @@ def large(args) -> None:
         print("  AUROC (synthetic OOD): " + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
 
 
+def write_train_file(path: Path, gen: Synthetic, n: int) -> np.ndarray:
+    """Write ``n`` synthetic train rows of width ``gen.d`` as float32 ``.npy``; labels."""
+    labels = np.empty(n, dtype=np.int64)
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": (n, gen.d)}
+        )
+        for a in range(0, n, 8192):
+            b = min(n, a + 8192)
+            z, labels[a:b] = gen.rows(a, b)
+            z.tofile(fh)
+    return labels
+
+
+def knn_scale(args) -> None:
+    """KNN fitted on ``n_train x 2048`` float32 features read from disk in chunks; the
+    index is ``n_train x 2048`` float32 and everything else is bounded."""
+    n_train, d, n_query = args.n_train, 2048, 2_000
+    print(
+        f"# KNN at scale: train {n_train:,} x {d} float32 on disk, {n_query:,} queries, "
+        f"k=50, index float32 ({n_train * d * 4 / 2**30:.1f} GiB)"
+    )
+    print(f"# {environment()}")
+    gen = Synthetic(d, 100)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        path = Path(tmp) / "train_features.npy"
+        t0 = time.perf_counter()
+        write_train_file(path, gen, n_train)
+        print(f"  wrote {path.name} in {time.perf_counter() - t0:.1f} s")
+        train = NpyRows(path)
+        x = gen.feature_set(n_query, "test", stream=1).features
+        rss0 = max_rss_mib()
+        for backend in ("auto", "numpy"):
+            tracemalloc.start()
+            det = create_detector("knn", backend=backend)
+            t0 = time.perf_counter()
+            det.fit(train, None, gen.head)
+            fit_s = time.perf_counter() - t0
+            index = det.train_.nbytes + det.train_sq_.nbytes
+            t0 = time.perf_counter()
+            s = det.score(x, None)
+            score_s = time.perf_counter() - t0
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(
+                f"  backend {det.backend_:<6} fit {fit_s:7.1f} s, score {score_s:7.1f} s "
+                f"({n_query / score_s:,.0f} queries/s); index {index / MiB:,.0f} MiB, peak "
+                f"NumPy memory {peak / MiB:,.0f} MiB (index + {(peak - index) / MiB:,.0f} MiB "
+                f"working); scores {s.min():.4f}..{s.max():.4f}"
+            )
+            del det
+        print(f"  max RSS: {rss0:.0f} MiB before, {max_rss_mib():.0f} MiB after")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--large", action="store_true", help="500,000 x 2,048 train features on disk")
-    p.add_argument("--n-train", type=int, default=500_000, help="train rows in --large mode")
+    p.add_argument("--knn", action="store_true", help="KNN on n_train x 2,048 from disk")
+    p.add_argument(
+        "--n-train", type=int, default=None, help="train rows (--large 500,000; --knn 1,000,000)"
+    )
     p.add_argument("--tmp", default=None, help="directory for the --large temp file")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive baselines")
     p.add_argument("--smoke", action="store_true", help="1/10 of the data: checks it runs")
@@ -559,7 +617,9 @@ def main() -> None:
         "processes load the cores (2 threads on a machine at load 10 ran 8x slower)",
     )
     args = p.parse_args()
-    run = large if args.large else cifar_scale
+    run = large if args.large else knn_scale if args.knn else cifar_scale
+    if args.n_train is None:
+        args.n_train = 1_000_000 if args.knn else 500_000
     if args.blas_threads is None:
         run(args)
     else:
