@@ -415,6 +415,27 @@ def test_evaluate_torchvision_resnet18_end_to_end(tmp_path, resnet_weights):
     got = res.value(metric="auroc", detector="msp", ood="digits", layer="penultimate")
     assert got == pytest.approx(_msp_auroc(fd.test.logits, fd.ood["digits"].logits), abs=1e-12)
     assert res.meta["model"]["weights_sha256"]
+    # `ncood score` reads the features directory as it is and gets the same number
+    from ncood.cli.main import main
+    from ncood.results import Results
+
+    assert (
+        main(
+            [
+                "score",
+                "--features",
+                str(out / "features"),
+                "--detectors",
+                "msp",
+                "--out",
+                str(tmp_path / "scored"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    again = Results.load(tmp_path / "scored")
+    assert again.value(metric="auroc", detector="msp", ood="digits") == pytest.approx(got)
 
 
 class DictLoader(torch.utils.data.Dataset):

@@ -54,28 +54,10 @@ def evaluate(
     ood: Mapping[str, Any] | Sequence[str] = (),
     detectors: Mapping[str, Mapping[str, Any] | None] | Sequence[str] = DEFAULT_DETECTORS,
     layers: Sequence[str] | None = None,
-    weights: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    head: str | None = None,
-    features: str | None = None,
-    transform: Any = None,
-    input_size: int | Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     out: str | os.PathLike | None = None,
     collapse: bool = True,
     bootstrap: Mapping[str, Any] | None = None,
-    max_train_samples: int | None = None,
-    max_test_samples: int | None = None,
-    max_ood_samples: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    num_workers: int | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-    data_root: str | os.PathLike | None = None,
-    allow_subset: bool = False,
-    progress: bool = False,
+    **options: Any,
 ) -> Any:
     """Evaluate OOD detectors and neural collapse on any classifier and any data.
 
@@ -92,18 +74,13 @@ def evaluate(
         detectors: ``{name: hyperparameters}`` or names (:func:`ncood.detectors.list_detectors`).
         layers: submodules whose pooled outputs are analysed too; None: the model's
             stages (``stage_names()``); ``[]``: only the penultimate layer.
-        weights, num_classes: for a model given by name (:func:`~ncood.models.adapters.load_model`).
-        head, features: name the final ``nn.Linear`` / the feature module of unusual models.
-        transform: an :class:`~ncood.data.streams.EvalTransform` or ``InputSpec``; default:
-            the model family's (:func:`~ncood.models.adapters.eval_transform`), adjusted
-            by ``input_size``, ``mean``, ``std``.
         out: directory for ``features/`` (a features directory ``ncood score`` reads),
             ``results.csv`` and ``run.json``; None: features live in a temporary
             directory for the duration of the call.
         collapse, bootstrap: passed to :func:`ncood.analysis.analyse`.
-        max_*_samples, seed: subsets for quick runs (stratified when labelled).
-        batch_size, num_workers, device, precision, data_root, allow_subset, progress:
-            how data is read and the network run.
+        options: model, transform and data options of :func:`extract_features`
+            (``weights``, ``num_classes``, ``head``, ``features``, ``transform``,
+            ``input_size``, ``mean``, ``std``, ``max_train_samples``, ...).
 
     Returns:
         :class:`~ncood.results.Results` (``to_frame()`` for a pandas DataFrame); its
@@ -114,33 +91,81 @@ def evaluate(
             that names the input and the fix. Nothing is written to ``out`` then.
     """
     from ncood.analysis import analyse
-    from ncood.data.streams import as_transform, open_stream, parse_named_sets
-    from ncood.extract import extract_stream
-    from ncood.models.adapters import ModelAdapter, eval_transform, load_model, wrap_model
-    from ncood.types import FeatureDir
+    from ncood.detectors import create_detector
 
-    # ---- model and transform (the dry run that finds the head happens here)
-    if isinstance(model, str):
-        model = load_model(
-            model,
-            num_classes=num_classes,
-            weights=weights,
-            head=head,
-            features=features,
-            input_size=input_size,
-            mean=mean,
-            std=std,
+    specs = dict(detectors) if isinstance(detectors, Mapping) else dict.fromkeys(detectors)
+    for name, params in specs.items():  # a typo in a detector fails before any extraction
+        create_detector(name, **dict(params or {}))
+    out_dir = None if out is None else Path(out)
+    created = out_dir is not None and not out_dir.exists()
+    tmp = None
+    try:
+        if out_dir is None:
+            tmp = tempfile.mkdtemp(prefix="ncood-evaluate-")
+            features_dir = Path(tmp) / "features"
+        else:
+            features_dir = out_dir / "features"
+        fd = extract_features(
+            model, train=train, test=test, ood=ood, layers=layers, out=features_dir, **options
         )
-    elif weights is not None or num_classes is not None:
+        results = analyse(
+            fd,
+            detectors=detectors,
+            collapse=collapse,
+            layers=bool(fd.meta["layers"]),
+            bootstrap=bootstrap,
+        )
+        results.meta.update({k: fd.meta[k] for k in ("model", "transform", "data", "layers")})
+        if out_dir is not None:
+            results.save(out_dir)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def prepare_model(
+    model: nn.Module | str,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    head: str | None = None,
+    features: str | None = None,
+    transform: Any = None,
+    input_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[nn.Module, Any]:
+    """A model with ncood's interface (head found) and its eval transform.
+
+    Args:
+        model: ``"torchvision:NAME"``, ``"timm:NAME"``, any ``nn.Module`` or an ncood model.
+        weights, num_classes: see :func:`ncood.models.adapters.load_model`.
+        head, features: see :class:`ncood.models.adapters.ModelAdapter`.
+        transform: an ``EvalTransform`` or ``InputSpec`` (needed for ncood's own models,
+            which carry their input spec in their checkpoint).
+        input_size, mean, std: override the family's transform.
+
+    Returns:
+        ``(model, transform)``: the model in eval mode, an
+        :class:`~ncood.data.streams.EvalTransform`.
+    """
+    from ncood.data.streams import as_transform
+    from ncood.models.adapters import ModelAdapter, eval_transform, load_model, wrap_model
+
+    overrides = dict(input_size=input_size, mean=mean, std=std)
+    if isinstance(model, str) or weights is not None or num_classes is not None:
         model = load_model(
             model,
-            weights=weights,
             num_classes=num_classes,
+            weights=weights,
             head=head,
             features=features,
-            input_size=input_size,
-            mean=mean,
-            std=std,
+            **overrides,
         )
     if not isinstance(model, nn.Module):
         raise ConfigError(
@@ -150,7 +175,7 @@ def evaluate(
     tf = as_transform(transform)
     if tf is None:
         if isinstance(model, ModelAdapter) or not hasattr(model, "get_head"):
-            tf = eval_transform(model, input_size=input_size, mean=mean, std=std)
+            tf = eval_transform(model, **overrides)
         else:
             raise ConfigError(
                 f"{type(model).__name__} is an ncood model: pass transform=InputSpec (the "
@@ -158,10 +183,64 @@ def evaluate(
             )
     model = wrap_model(model, head=head, features=features)
     if isinstance(model, ModelAdapter) and model._head is None:
-        model.locate(torch.rand((2, tf.channels, tf.size, tf.size)))
+        model.locate(torch.rand((2, tf.channels, tf.size, tf.size)))  # find the head now
+    return model.eval(), tf
+
+
+def extract_features(
+    model: nn.Module | str,
+    *,
+    train: Any,
+    test: Any,
+    ood: Mapping[str, Any] | Sequence[str] = (),
+    out: str | os.PathLike,
+    layers: Sequence[str] | None = None,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
+    max_ood_samples: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    data_root: str | os.PathLike | None = None,
+    allow_subset: bool = False,
+    progress: bool = False,
+    **model_options: Any,
+) -> Any:
+    """Extract a user's model on a user's data into a features directory.
+
+    ``out`` gets the layout of :func:`ncood.types.load_feature_dir` (``train/``,
+    ``test/``, ``ood/<safe name>/``, ``head.npz``, ``extract.json``), which ``ncood score``
+    and ``ncood collapse`` read. Every array is written batch by batch
+    (:func:`ncood.extract.extract_stream`) into a staging folder inside ``out`` and moved
+    into place only when all sets are complete; on any error ``out`` is left as it was
+    (and removed when this call created it).
+
+    Args:
+        model: see :func:`prepare_model` (``model_options`` go there: ``weights``,
+            ``num_classes``, ``head``, ``features``, ``transform``, ``input_size``,
+            ``mean``, ``std``).
+        train, test, ood, layers: see :func:`evaluate`.
+        out: the features directory.
+        max_*_samples, seed: subsets (stratified when labelled) for quick runs.
+        batch_size, num_workers: batches and decoding processes
+            (:func:`ncood.data.streams.open_stream`).
+        device, precision, progress: how the network runs.
+        data_root, allow_subset: where registered datasets are found.
+
+    Returns:
+        The :class:`~ncood.types.FeatureDir`, memory-mapped from ``out``.
+    """
+    from ncood.data.streams import open_stream, parse_named_sets
+    from ncood.extract import extract_stream
+    from ncood.io import write_json
+    from ncood.types import load_feature_dir
+
+    model, tf = prepare_model(model, **model_options)
     layer_names = list(model.stage_names()) if layers is None else list(layers)
 
-    # ---- data: every source is opened (and listed) before anything is written
+    # ---- every source is opened (folders listed, files found) before anything is written
     opts = dict(
         transform=tf,
         batch_size=batch_size,
@@ -180,86 +259,67 @@ def evaluate(
         streams[f"ood/{files[name]}"] = open_stream(
             data, split="test", n=max_ood_samples, name=name, **opts
         )
-    head_lin = model.get_head()
+    head = model.get_head()
     classes = streams["train"].classes
-    if classes and len(classes) != head_lin.num_classes:
+    if classes and len(classes) != head.num_classes:
         raise ConfigError(
-            f"the model has {head_lin.num_classes} outputs but the train data has "
+            f"the model has {head.num_classes} outputs but the train data has "
             f"{len(classes)} classes; pass num_classes={len(classes)} (with the weights of "
             "a model trained on these classes)"
         )
+    source = _source(model)
+    meta = {
+        "model": source,
+        "transform": tf.to_dict(),
+        "input_spec": tf.input_spec().to_dict(),
+        "layers": layer_names,
+        "id_dataset": streams["train"].name,
+        "classes": classes,
+        "data": {k: s.describe() for k, s in streams.items()},
+        "epoch": None,
+        "ncood_version": __version__,
+    }
 
-    # ---- extract into a staging directory, then analyse
-    staging_root = Path(out) if out is not None else None
-    created_out = staging_root is not None and not staging_root.exists()
-    if staging_root is not None:
-        staging_root.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".evaluate-", dir=staging_root)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ncood-evaluate-")
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
     try:
-        fdir = Path(tmp) / "features"
-        common = dict(device=device, precision=precision, progress=progress)
         sets = {}
         for key, stream in streams.items():
             sets[key] = extract_stream(
                 model,
                 stream,
                 layers=layer_names,
-                out=fdir / key,
+                out=stage / key,
                 name=stream.name,
-                meta={"data": stream.describe(), "model": _source(model)},
-                **common,
+                meta={"data": stream.describe(), "model": source, "layers": layer_names},
+                device=device,
+                precision=precision,
+                progress=progress,
             )
         if sets["train"].labels is None:
             raise ConfigError(
                 "the train data has no labels; detectors and collapse metrics are fitted "
                 "on labelled in-distribution training images"
             )
-        meta = {
-            "model": _source(model),
-            "transform": tf.to_dict(),
-            "layers": layer_names,
-            "id_dataset": streams["train"].name,
-            "classes": classes,
-            "data": {k: s.describe() for k, s in streams.items()},
-            "epoch": None,
-            "ncood_version": __version__,
-        }
-        fd = FeatureDir(
-            train=sets["train"],
-            test=sets["test"],
-            ood={name: sets[f"ood/{files[name]}"] for name in ood_sets},
-            head=head_lin,
-            meta=meta,
-        )
-        fd.head.save(fdir / "head.npz")
-        from ncood.io import write_json
-
-        write_json(fdir / "extract.json", {**meta, "ood": list(fd.ood)})
-        results = analyse(
-            fd,
-            detectors=detectors,
-            collapse=collapse,
-            layers=bool(layer_names),
-            bootstrap=bootstrap,
-        )
-        results.meta.update(
-            {"model": meta["model"], "transform": meta["transform"], "data": meta["data"]}
-        )
-        if staging_root is not None:
-            final = staging_root / "features"
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(fdir, final)
-            results.save(staging_root)
+        head.save(stage / "head.npz")
+        write_json(stage / "extract.json", {**meta, "ood": list(ood_sets)})
+        # swap in: a directory holding extract.json is complete, so it goes first and last
+        (out / "extract.json").unlink(missing_ok=True)
+        for entry in ("train", "test", "ood", "head.npz", "extract.json"):
+            target = out / entry
+            if target.is_dir():
+                shutil.rmtree(target)
+            if (stage / entry).exists():
+                os.replace(stage / entry, target)
     except BaseException:
-        if created_out:
-            shutil.rmtree(staging_root, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return results
+        shutil.rmtree(stage, ignore_errors=True)
+    return load_feature_dir(out)
 
 
 def _source(model: nn.Module) -> dict[str, Any]:
