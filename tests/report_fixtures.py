@@ -376,10 +376,11 @@ def with_seeds(results: Results, n: int = 3, seed: int = 1) -> Results:
     df = results.to_frame()
     parts = [df]
     for s in range(1, n):
-        noise = rng.normal(0.0, 0.01, len(df)) * df["value"].abs()
-        parts.append(df.assign(seed=s, value=df["value"] + noise, ci_low=None, ci_high=None))
-    out = Results.concat([Results(p) for p in parts], meta=results.meta)
-    return out
+        value = df["value"] * (1 + rng.normal(0.0, 0.01, len(df)))
+        unit = df["value"].between(0, 1)  # fractions stay fractions
+        value = value.where(~unit, value.clip(0, 1))
+        parts.append(df.assign(seed=s, value=value, ci_low=None, ci_high=None))
+    return Results.concat([Results(p) for p in parts], meta=results.meta)
 
 
 def without(results: Results, **filters) -> Results:
