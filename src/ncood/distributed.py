@@ -41,8 +41,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ncood.collapse.metrics import decision_metrics, iter_chunks, metrics_from_stats
 from ncood.collapse.stats import ClassStats
-from ncood.detectors.base import chunk_rows, read_chunk
-from ncood.detectors.base import iter_chunks as chunk_bounds
 from ncood.errors import CheckpointError, ConfigError, ShapeError
 from ncood.io import safe_names, write_json
 from ncood.types import FeatureDir, FeatureSet
@@ -439,14 +437,17 @@ def class_stats_distributed(
         raise ShapeError(
             f"features_shard must be 2-D (n_samples, n_features); got shape {feats.shape}"
         )
-    n, d = feats.shape
-    y = np.asarray(labels_shard, dtype=np.int64).reshape(-1)
-    if y.shape != (n,):
-        raise ShapeError(f"labels_shard must have shape ({n},); got {y.shape}")
-    stats = ClassStats(num_classes, d, second_moment=second_moment)
-    rows = chunk_size or chunk_rows(d)
-    for start, stop in chunk_bounds(n, rows):
-        stats.update(read_chunk(feats, start, stop, "train features"), y[start:stop])
+    if feats.shape[0] == 0:  # a rank may hold no rows; it still takes part in the sum
+        stats = ClassStats(num_classes, feats.shape[1], second_moment=second_moment)
+    else:
+        stats = ClassStats.from_features(
+            feats,
+            labels_shard,
+            num_classes,
+            chunk_size=chunk_size,
+            second_moment=second_moment,
+            name="features_shard",
+        )
     return all_reduce_stats(stats)
 
 

@@ -1,4 +1,4 @@
-"""Training: regimes, config, the resumable loop, checkpoints.
+"""Training: regimes, config, the resumable loop (set-up, epochs, callbacks), checkpoints.
 
 ::
 
@@ -9,6 +9,7 @@
     result.final["test_acc"]
 """
 
+from ncood.train.callbacks import HistoryWriter
 from ncood.train.checkpoint import (
     CheckpointError,
     checkpoint_sha256,
@@ -31,6 +32,7 @@ __all__ = [
     "REGIMES",
     "Callback",
     "CheckpointError",
+    "HistoryWriter",
     "Regime",
     "TrainConfig",
     "TrainResult",
