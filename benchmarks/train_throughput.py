@@ -5,7 +5,7 @@ Run (from the repository root; about 2 minutes on 2 CPU cores)::
     .venv/bin/python benchmarks/train_throughput.py
     .venv/bin/python benchmarks/train_throughput.py --seconds 20 --device cuda
 
-It times the training loop's own epoch function (``ncood.train.loop.run_epoch``: uint8
+It times the training loop's own epoch function (``ncood.train.epoch.run_epoch``: uint8
 batch -> crop+flip on the device -> normalise -> forward -> cross-entropy -> backward ->
 SGD-Nesterov step -> cosine schedule step) on random uint8 images of the dataset's shape.
 Models: ``resnet_narrow`` on 1x28x28 (Fashion-MNIST) and ``resnet18_cifar`` on 3x32x32
@@ -27,9 +27,10 @@ import platform
 import torch
 
 from ncood.data import InputSpec
+from ncood.distributed import resolve_device
 from ncood.models import create_model
 from ncood.train.config import TrainConfig
-from ncood.train.loop import epoch_generator, resolve_device, run_epoch
+from ncood.train.epoch import epoch_generator, run_epoch
 from ncood.train.optim import build_optimizer, build_scheduler
 
 # (model, input shape, batch): resnet18_cifar runs batch 32 because one emulated-bf16 step
