@@ -11,8 +11,8 @@ One run writes into one directory::
 
 The parts: :func:`ncood.train.setup.prepare` builds or restores the run, the epoch loop
 below trains and saves each epoch, :mod:`ncood.train.epoch` holds one epoch's inner loop,
-and the history files are written by a callback (:class:`~ncood.train.callbacks.
-HistoryWriter`) through the same contract as a user's.
+and the history files are written by a callback,
+:class:`~ncood.train.callbacks.HistoryWriter`, through the same contract as a user's.
 
 Determinism: the initialisation is seeded from ``config.seed``; the order and the
 augmentation of epoch ``e`` come from a ``torch.Generator`` seeded from ``(seed, e)``
