@@ -507,3 +507,28 @@ def test_evaluate_bad_inputs_one_line_and_nothing_written(case, tmp_path, resnet
     assert isinstance(err.value, exc)
     assert "\n" not in str(err.value)
     assert not out.exists()  # nothing written
+
+
+def test_timm_transformer_layouts_pool_per_stage():
+    """Swin stages are channels-last, ViT blocks are token sequences: both pool to
+    (n, channels), equal to timm's own NCHW intermediates averaged over positions."""
+    pytest.importorskip("timm")
+    from ncood.extract import capture
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 224, 224)
+    swin = load_model("timm:swin_tiny_patch4_window7_224", num_classes=10)
+    with torch.no_grad(), capture(swin, swin.stage_names()) as got:
+        swin.forward_features(x)
+        ref = swin.model.forward_intermediates(x, intermediates_only=True, output_fmt="NCHW")
+    assert swin.stage_names() == ["layers.0", "layers.1", "layers.2", "layers.3"]
+    for name, t in zip(swin.stage_names(), ref, strict=True):
+        torch.testing.assert_close(got[name], t.mean(dim=(2, 3)), rtol=1e-5, atol=1e-5)
+    vit = load_model("timm:vit_tiny_patch16_224", num_classes=10)
+    with torch.no_grad(), capture(vit, ["blocks.11"]) as got:
+        z = vit.forward_features(x)
+        tokens = vit.model.blocks(vit.model._pos_embed(vit.model.patch_embed(x)))
+        z_ref = vit.model.forward_head(vit.model.forward_features(x), pre_logits=True)
+    assert vit.head_name == "head"
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    torch.testing.assert_close(got["blocks.11"], tokens.mean(dim=1), rtol=1e-5, atol=1e-5)

@@ -20,7 +20,6 @@ from torch.utils.data import DistributedSampler
 
 from ncood.collapse.stats import ClassStats
 from ncood.errors import CheckpointError, ConfigError
-from ncood.io import safe_name
 from ncood.types import FeatureSet, load_feature_dir
 
 WORLD = 2
@@ -386,7 +385,7 @@ def test_sharded_extraction_reads_back_as_the_single_process_one(dist_job, tmp_p
     from ncood.extract import extract_checkpoint
 
     root = dist_job
-    for split in ("train", "test", "ood/" + safe_name("npz:" + str(root / "ood.npz"))):
+    for split in ("train", "test", "ood/ood"):  # npz:.../ood.npz is named "ood"
         d = root / "dist_features" / split
         assert (d / "meta.json").is_file(), split  # merged into the plain layout ...
         assert not list(d.glob("shard_*")), split  # ... and the shards removed

@@ -423,3 +423,48 @@ def test_failed_extraction_leaves_nothing_that_loads(tmp_path, fmnist, narrow):
     assert os.listdir(tmp_path / "fs") == []
     with pytest.raises(CheckpointError, match="no meta.json"):
         FeatureSet.load(tmp_path / "fs")
+
+
+def test_extract_checkpoint_named_ood_sets_stay_inside_out(tmp_path, monkeypatch, fmnist, narrow):
+    """The issue's report: `ncood extract ... --ood folder:../../../../faces --out
+    /data/out1`, run four levels below /data, wrote into /data/faces itself."""
+    from ncood.extract import extract_checkpoint
+    from ncood.train.checkpoint import save_checkpoint
+
+    model, spec = narrow
+    data = tmp_path / "data"
+    faces = data / "faces"
+    faces.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(fmnist.images[i, 0].numpy()).save(faces / f"{i}.png")
+    before = sorted(os.listdir(faces))
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt.pt",
+        model=model,
+        model_name="resnet_narrow",
+        model_kwargs={"num_classes": 10, "in_channels": 1},
+        input_spec=spec.to_dict(),
+        dataset={"name": "fashion_mnist", "classes": fmnist.classes},
+        regime="standard",
+        config={},
+        epoch=0,
+        history=[],
+    )
+    deep = data / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    np.savez(tmp_path / "near.npz", images=fmnist.images[:8, 0].numpy())
+    fd = extract_checkpoint(
+        ckpt,
+        ood=["folder:../../../../faces", "d=digits", f"npz:{tmp_path / 'near.npz'}"],
+        out=data / "out1",
+        max_train_samples=50,
+        max_test_samples=20,
+        max_ood_samples=20,
+        layers=[],
+        progress=False,
+    )
+    assert list(fd.ood) == ["faces", "d", "near"]
+    assert sorted(os.listdir(faces)) == before  # the user's folder is untouched
+    assert sorted(os.listdir(data / "out1" / "ood")) == ["d", "faces", "near"]
+    assert len(fd.ood["faces"]) == 6 and len(fd.ood["near"]) == 8

@@ -71,6 +71,8 @@ def capture(model: nn.Module, names: Sequence[str], *, pooled: bool = True) -> I
     """
     available = [n for n, _ in model.named_modules() if n]
     outputs: dict[str, torch.Tensor] = {}
+    # a wrapped model knows its layers' layouts (NHWC stages, token sequences)
+    pooler = getattr(model, "pool_layer", lambda _name, out: pool(out))
     handles = []
     try:
         for name in names:
@@ -84,7 +86,7 @@ def capture(model: nn.Module, names: Sequence[str], *, pooled: bool = True) -> I
                 ) from None
 
             def hook(_mod, _inp, out, _name=name):
-                outputs[_name] = pool(out).detach() if pooled else out.detach()
+                outputs[_name] = pooler(_name, out).detach() if pooled else out.detach()
 
             handles.append(module.register_forward_hook(hook))
         yield outputs
@@ -218,7 +220,7 @@ def extract_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     id_dataset: str | None = None,
-    ood: Sequence[str] = (),
+    ood: Sequence[str] | dict[str, str] = (),
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
@@ -235,7 +237,9 @@ def extract_checkpoint(
     Args:
         checkpoint: a checkpoint written by ``ncood train``.
         id_dataset: ID dataset name; defaults to the one the checkpoint was trained on.
-        ood: OOD dataset names (see ``ncood.data.list_datasets``).
+        ood: OOD sets, ``"NAME=SPEC"`` or ``"SPEC"`` (a dataset name, ``folder:PATH``,
+            ``npz:PATH``; the name defaults to :func:`ncood.data.streams.default_name`),
+            or a mapping ``{name: spec}``.
         out: directory to write (the layout of :mod:`ncood.types`).
         cache_dir: feature cache directory (None: no cache).
         data_root: where datasets are looked for first.
@@ -252,11 +256,14 @@ def extract_checkpoint(
     FeatureDir holds this rank's shards (their ``meta["subset"]["shard"]`` says which
     rows).
     """
+    from ncood.data.streams import parse_named_sets
+
+    ood_specs = parse_named_sets(ood)  # {name: spec}, from "NAME=SPEC" or "SPEC"
     ctx = init_distributed(kwargs.get("device", "auto"))
     if ctx.is_distributed:
         kwargs["device"] = ctx.device
         if out is not None:
-            splits = ["train", "test"] + [f"ood/{safe_name(o)}" for o in ood]
+            splits = ["train", "test"] + [f"ood/{safe_name(o)}" for o in ood_specs]
             clear_shards(Path(out), splits, ctx)
     ckpt = load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
@@ -296,7 +303,7 @@ def extract_checkpoint(
 
     train = one(id_name, "train", max_train_samples)
     test = one(id_name, "test", max_test_samples)
-    ood_sets = {name: one(name, "test", max_ood_samples) for name in ood}
+    ood_sets = {name: one(spec, "test", max_ood_samples) for name, spec in ood_specs.items()}
     meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": ckpt_hash,

@@ -127,6 +127,7 @@ class ModelAdapter(nn.Module):
         self.transform = None  # set by load_model / eval_transform callers
         self._head: nn.Linear | None = None
         self._stages: list[str] = []
+        self._channels: dict[str, int] = {}  # timm feature_info: stage -> channels
         for key, value in (("head", head), ("features", features)):
             if value is not None:
                 self._submodule(value, key)  # fail now on a typo
@@ -298,6 +299,10 @@ class ModelAdapter(nn.Module):
                     mods = []
             mods = [m for m in mods if m in names]
             if mods:
+                try:
+                    self._channels = {d["module"]: int(d["num_chs"]) for d in info}
+                except (TypeError, KeyError, ValueError):
+                    self._channels = {}
                 return mods
         seen: list[str] = []
         for cname, out in order:
@@ -346,6 +351,30 @@ class ModelAdapter(nn.Module):
         """
         self._require_head("stage_names")
         return list(self._stages)
+
+    def pool_layer(self, name: str, out: Any) -> torch.Tensor:
+        """Pool the output of layer ``name`` to ``(n, channels)`` float32.
+
+        Feature maps are averaged over their spatial positions: ``(n, C, H, W)`` over
+        ``H, W``; channels-last maps ``(n, H, W, C)`` (timm's Swin stages, known from
+        timm's ``feature_info``, else recognised by ``H == W != C`` on the square inputs
+        ncood uses) over ``H, W``; token sequences ``(n, L, D)`` (ViT blocks) over the
+        ``L`` tokens; anything else is flattened. :func:`ncood.extract.capture` calls this
+        for every layer of a wrapped model.
+        """
+        if isinstance(out, (tuple, list)):  # e.g. (hidden states, attention)
+            out = next(t for t in out if isinstance(t, torch.Tensor))
+        out = out.float()
+        if out.ndim == 4:
+            chs = self._channels.get(name)
+            if chs is not None:
+                nhwc = out.shape[-1] == chs and out.shape[1] != chs
+            else:
+                nhwc = out.shape[1] == out.shape[2] and out.shape[2] != out.shape[3]
+            return out.mean(dim=(1, 2)) if nhwc else out.mean(dim=(2, 3))
+        if out.ndim == 3:
+            return out.mean(dim=1)
+        return out.flatten(1)
 
     def get_submodule(self, target: str) -> nn.Module:
         """A submodule by its name in the wrapped model (``"layer4"``) or in this
