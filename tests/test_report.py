@@ -593,7 +593,8 @@ def test_rows_without_regime_or_epoch_are_one_network(fixture_data, tmp_path):
         assert f"{100 * v:.2f}" in text
     assert f"{T.UNNAMED}: OOD detection (%)" in text
     assert any(s.startswith(f"Best detector on digits ({T.UNNAMED})") for s in findings(res))
-    no_ood = Results(df[df["detector"].isna()], {})  # collapse only
+    no_ood = Results(df[df["detector"].isna() & df["layer"].notna()], {})  # collapse only
     html = write_report(no_ood, tmp_path)["html"].read_text()
     assert "OOD detection was not computed in this run." in html
-    assert T.UNNAMED in html and "could not" not in html
+    assert T.UNNAMED in html and "No training history recorded." in html
+    _check_dom(html, 5)  # 4 collapse figures and the depth figure

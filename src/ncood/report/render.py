@@ -237,7 +237,8 @@ class _Report:
             s.blocks.append(Text(_yaml(cfg), "pre", "Resolved run config (YAML)"))
 
     def training(self, s: Section) -> None:
-        self.table(s.blocks, T.training_table(self.res), "Training history was not recorded.")
+        if not self.table(s.blocks, T.training_table(self.res), "No training history recorded."):
+            return
         history = self.res.select(
             layer=None, detector=None, metric=[m for m, _ in T.HISTORY + T.LOSSES]
         )
