@@ -604,6 +604,210 @@ def test_merged_halves_equal_one_pass():
         light.within_cov()
 
 
+def test_rebased_and_merged_statistics_are_exact():
+    z, y, _ = clustered(c=3, d=5, per=20, spread=1.0, offset=8.0, seed=60)
+    a = ClassStats.from_features(z[:25], y[:25], 3)
+    b = ClassStats.from_features(z[25:], y[25:], 3)
+    merged = a.merge(b)
+    shift = a.shift
+    zc = z - shift  # direct sums about a's shift
+    assert np.array_equal(merged.shift, shift)
+    np.testing.assert_allclose(merged.second, zc.T @ zc, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(merged.sums, [zc[y == k].sum(0) for k in range(3)], rtol=1e-12)
+    np.testing.assert_allclose(
+        merged.sq_norms, [np.sum(zc[y == k] ** 2) for k in range(3)], rtol=1e-12
+    )
+    target = np.arange(5.0)
+    moved = b.rebased(target)
+    zt = z[25:] - target
+    assert np.array_equal(moved.shift, target) and moved.has_second_moment
+    np.testing.assert_allclose(moved.second, zt.T @ zt, rtol=1e-12)
+    light = ClassStats.from_features(z, y, 3, second_moment=False)
+    assert not light.rebased(target).has_second_moment
+    assert not light.merge(ClassStats(3, 5, second_moment=False)).has_second_moment
+    # merging into (or with) statistics that saw no sample changes nothing
+    for empty_first in (ClassStats(3, 5).merge(a), a.merge(ClassStats(3, 5))):
+        np.testing.assert_allclose(empty_first.means, a.means, rtol=1e-14)
+        np.testing.assert_allclose(empty_first.within_cov(), a.within_cov(), rtol=1e-12)
+        assert empty_first.n == a.n
+
+
+def test_statistics_vector_round_trip_and_batches():
+    z, y, _ = clustered(c=3, d=4, per=10, seed=61)
+    stats = ClassStats.from_features(z, y, 3)
+    back = ClassStats(3, 4, stats.shift).load_vector(stats.to_vector())
+    for key in ("counts", "sums", "sq_norms", "second"):
+        assert np.array_equal(getattr(back, key), getattr(stats, key)), key
+    assert back.counts.dtype == np.int64
+    light = ClassStats.from_features(z, y, 3, second_moment=False)
+    assert light.to_vector().shape == (3 + 12 + 3,)
+    with pytest.raises(ShapeError, match="statistics vector has shape"):
+        ClassStats(3, 4).load_vector(light.to_vector())
+    batches = ClassStats.from_batches(((z[i : i + 7], y[i : i + 7]) for i in range(0, 30, 7)), 3, 4)
+    np.testing.assert_allclose(batches.within_cov(), stats.within_cov(), rtol=1e-12)
+    np.testing.assert_allclose(batches.means, stats.means, rtol=1e-14)
+    light_b = ClassStats.from_batches([(z, y)], 3, 4, second_moment=False)
+    assert not light_b.has_second_moment
+    assert stats.within_trace() == pytest.approx(np.trace(stats.within_cov()), rel=1e-12)
+
+
+def test_constant_features_follow_standardscaler():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(62)
+    n = 100
+    cols = [
+        np.full(n, 1e3) + rng.integers(-1, 2, n) * np.spacing(1e3),  # constant + 1 ulp
+        1e3 + 1e-9 * rng.standard_normal(n),  # tiny but real variance
+        1e-6 + 1e-10 * rng.standard_normal(n),  # small mean, small variance
+        np.zeros(n),  # dead unit
+        rng.standard_normal(n),
+    ]
+    z = np.column_stack(cols)
+    got = ClassStats.from_features(z, np.arange(n) % 2, 2).constant_features()
+    ref = StandardScaler().fit(z).scale_ == 1.0
+    assert got.tolist() == ref.tolist() == [True, False, False, True, False]
+
+
+class RecordingArray:
+    """A (n, D) array-like that records the rows of every slice read from it (memmap-like)."""
+
+    def __init__(self, arr):
+        self.arr, self.shape, self.reads = arr, arr.shape, []
+
+    def __getitem__(self, key):
+        out = self.arr[key]
+        self.reads.append(out.shape[0])
+        return out
+
+
+def test_chunk_size_bounds_every_pass():
+    z, y, head = clustered(c=4, d=6, per=15, seed=63)
+    ood = np.random.default_rng(64).standard_normal((23, 6)) + 2.0
+    ref = collapse_metrics(z, y, head)
+    for run in (
+        lambda a, o: collapse_metrics(a, y, head, chunk_size=7),
+        lambda a, o: layer_metrics(a, y, chunk_size=7),
+        lambda a, o: layer_metrics(a, y, full=False, chunk_size=7),
+        lambda a, o: nc5(a, y, o, chunk_size=7),
+        lambda a, o: nc5_centred(a, y, o, chunk_size=7),
+    ):
+        a, o = RecordingArray(z), RecordingArray(ood)
+        out = run(a, o)
+        assert a.reads and max(a.reads) <= 7 and sum(a.reads) % len(y) == 0
+        assert not o.reads or (max(o.reads) <= 7 and sum(o.reads) == len(ood))
+        if isinstance(out, dict):
+            for key in ("nc1_trace", "cdnv", "ncc_acc"):
+                np.testing.assert_allclose(out[key], ref[key], rtol=1e-9, err_msg=key)
+
+
+def test_light_statistics_never_form_a_d_by_d_matrix():
+    import tracemalloc
+
+    rng = np.random.default_rng(65)
+    d = 2048  # a (D, D) float64 matrix is 32 MiB
+    y = np.repeat(np.arange(3), 10)
+    z = rng.standard_normal((3, d))[y] + rng.standard_normal((30, d))
+    ood = rng.standard_normal((10, d))
+    for run in (
+        lambda: layer_metrics(z, y, full=False),
+        lambda: nc5(z, y, ood),
+        lambda: nc5_centred(z, y, ood),
+    ):
+        tracemalloc.start()
+        run()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 8 * 2**20, peak
+
+
+def test_nc5_zero_tolerance_is_relative_to_the_feature_scale():
+    """A mean vector counts as zero at or below 1e-9 x the RMS feature norm (documented)."""
+    from ncood.collapse.metrics import ZERO_RTOL
+
+    z, y, _ = clustered(c=3, d=6, per=20, offset=30.0, seed=66)
+    v = np.random.default_rng(67).standard_normal((15, 6))
+    e = np.eye(6)[1]
+    # uncentred: OOD mean = t e; scale = RMS norm of the ID or OOD features (the larger)
+    scale = np.sqrt(np.mean(np.sum(z**2, axis=1)))
+    assert scale > np.sqrt(np.mean(np.sum(v**2, axis=1)))
+    tol = ZERO_RTOL * scale
+    with pytest.raises(ShapeError, match="NC5 is undefined: the OOD mean"):
+        nc5(z, y, np.concatenate([v, -v]) + 0.5 * tol * e)
+    assert np.isfinite(nc5(z, y, np.concatenate([v, -v]) + 2.0 * tol * e))
+    # centred: OOD mean = mu_G + t e; scale = RMS norm about the statistics' shift (the
+    # mean of the first chunk = the sample mean here)
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(3)])
+    mg = mus.mean(axis=0)
+    shift = z.mean(axis=0)
+    scale_c = max(
+        np.sqrt(np.mean(np.sum((z - shift) ** 2, axis=1))),
+        np.sqrt(np.mean(np.sum((np.concatenate([mg + v, mg - v]) - shift) ** 2, axis=1))),
+    )
+    tol_c = ZERO_RTOL * scale_c
+    with pytest.raises(ShapeError, match="nc5_centred is undefined: the OOD mean"):
+        nc5_centred(z, y, np.concatenate([mg + v, mg - v]) + 0.5 * tol_c * e)
+    assert np.isfinite(nc5_centred(z, y, np.concatenate([mg + v, mg - v]) + 2.0 * tol_c * e))
+    # all-zero features: no scale at all, still an error and not 0/0
+    with pytest.raises(ShapeError, match="NC5 is undefined"):
+        nc5(np.zeros((6, 3)), np.arange(6) % 2, np.zeros((4, 3)))
+    # a class mean at zero is named
+    zz = np.concatenate([v[:5], -v[:5], z[:10]])
+    yy = np.array([0] * 10 + [1] * 10)
+    with pytest.raises(ShapeError, match=r"class mean vector\(s\) \[0\] have norm"):
+        nc5(zz, yy, z)
+    # NC5 needs one sample per class, not two
+    ood_like = z[4:9] * 0.5 + 1.0
+    assert np.isfinite(nc5(z[:4], np.array([0, 1, 2, 2]), ood_like))
+    assert np.isfinite(nc5_centred(z[:4], np.array([0, 1, 2, 2]), ood_like))
+
+
+def test_coincidence_tolerance_is_relative_to_the_feature_scale():
+    from ncood.collapse.metrics import ZERO_RTOL
+
+    y = np.repeat(np.arange(2), 20)
+    base = 50.0 + centred_noise(y, 4, seed=68)  # both class means exactly 50
+    e = np.eye(4)[0]
+    scale = np.sqrt(np.mean(np.sum((base - base.mean(axis=0)) ** 2, axis=1)))
+    for t, raises in ((0.5, True), (2.0, False)):
+        # class means at 50 -+ t tol e: the spread about mu_G is t tol
+        z = base + np.where(y[:, None] == 0, -1.0, 1.0) * t * ZERO_RTOL * scale * e
+        if raises:
+            with pytest.raises(ShapeError, match="class means coincide"):
+                layer_metrics(z, y, full=False)
+        else:
+            assert np.isfinite(layer_metrics(z, y, full=False)["cdnv"])
+
+
+def test_errors_name_the_input():
+    z, y, head = clustered(c=3, d=4, per=10, seed=69)
+    ood = np.ones((5, 4))
+    ood[2, 1] = np.nan
+    with pytest.raises(ShapeError, match="ood_features contains 1 NaN/inf"):
+        nc5(z, y, ood)
+    with pytest.raises(ShapeError, match="ood_features contains 1 NaN/inf"):
+        nc5_centred(z, y, ood)
+    with pytest.raises(
+        ShapeError, match="ood_features have 3 features, but the ID features have 4"
+    ):
+        nc5(z, y, np.ones((5, 3)))
+    with pytest.raises(ShapeError, match="^features must be a 2-D array"):
+        layer_metrics(z[0], y)
+    with pytest.raises(ShapeError, match="^features must be a 2-D array"):
+        collapse_metrics(z[0], y, head)
+    with pytest.raises(ShapeError, match="^features must be a 2-D array"):
+        nc5(z[0], y, ood)
+    light = ClassStats.from_features(z, y, 3, second_moment=False)
+    with pytest.raises(ShapeError, match=r"^layer_metrics\(full=True\) needs the \(D, D\)"):
+        layer_metrics(z, y, stats=light)
+    with pytest.raises(ShapeError, match=r"^collapse_metrics \(nc1\) needs the \(D, D\)"):
+        collapse_metrics(z, y, head, stats=light)
+    with pytest.raises(ShapeError, match="^constant_features needs"):
+        light.constant_features()
+    with pytest.raises(ShapeError, match="^scatter_about needs"):
+        light.scatter_about(np.zeros(4))
+
+
 def test_light_layer_metrics_agree_with_full():
     z, y, _ = clustered(c=6, d=30, per=30, spread=2.0, offset=5.0, seed=19)
     full, light = layer_metrics(z, y), layer_metrics(z, y, full=False, chunk_size=50)

@@ -127,11 +127,14 @@ def _offdiag_cosines(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _nc2(rows: np.ndarray) -> tuple[float, float, float, np.ndarray, np.ndarray]:
-    """Equinorm, equiangularity and max-angle deviation of ``rows (C, D)``."""
+    """Equinorm, equiangularity and max-angle deviation of ``rows (C, D)``.
+
+    The caller guarantees a nonzero row (coincident class means and all-zero heads raise
+    in :func:`metrics_from_stats`), so the mean norm is positive.
+    """
     c = rows.shape[0]
     norms, cos = _offdiag_cosines(rows)
-    mean_norm = norms.mean()
-    equinorm = float(norms.std() / mean_norm) if mean_norm > 0 else float("nan")
+    equinorm = float(norms.std() / norms.mean())
     equiangular = float(cos.std())  # population std over the C(C-1)/2 distinct pairs
     maxangle = float(np.abs(cos + 1.0 / (c - 1)).mean())
     return equinorm, equiangular, maxangle, norms, cos
@@ -197,9 +200,8 @@ def nc1_from_stats(stats: ClassStats, *, rtol: float | None = None) -> tuple[flo
     _, s, vt = np.linalg.svd(m, full_matrices=False)  # vt (min(C, D), D)
     lam = s**2 / c
     k = min(c - 1, d)
-    tol = (max(c, d) * np.finfo(np.float64).eps if rtol is None else rtol) * (
-        lam[0] if lam.size else 0.0
-    )
+    # relative to the largest eigenvalue (lam is never empty: C >= 2 and D >= 1)
+    tol = (max(c, d) * np.finfo(np.float64).eps if rtol is None else rtol) * lam[0]
     keep = np.flatnonzero(lam[:k] > tol)
     if keep.size == 0:
         return float("inf"), 0  # all class means coincide: no between-class spread
@@ -213,8 +215,11 @@ def _nearest_mean_pass(
     batches: Iterable[tuple[Any, Any]],
     stats: ClassStats,
     head: LinearHead | None,
-) -> tuple[float, float]:
-    """One chunked pass: ``(nc4, ncc_acc)``; ``nc4`` is nan without a head.
+) -> tuple[int, int, int]:
+    """One chunked pass: ``(disagree, correct, n)`` counts.
+
+    ``disagree``: samples whose head prediction differs from the nearest class mean (0
+    without a head); ``correct``: samples whose nearest class mean is their label.
 
     Distances use ``||z - mu||^2 = ||z||^2 - 2 z.mu + ||mu||^2``, dropping the per-row
     ``||z||^2``; both ``z`` and ``mu`` are taken about the statistics' shift so that a
@@ -239,8 +244,7 @@ def _nearest_mean_pass(
         n += z.shape[0]
     if n == 0:
         raise ShapeError("the feature pass saw 0 samples; pass the features the stats came from")
-    nc4 = disagree / n if head is not None else float("nan")
-    return float(nc4), float(correct / n)
+    return disagree, correct, n
 
 
 def decision_metrics(
@@ -251,10 +255,10 @@ def decision_metrics(
     The chunks must be the samples ``stats`` was built from (for example a generator that
     re-reads a memory-mapped file); use this for data that do not fit in memory.
     """
-    nc4, acc = _nearest_mean_pass(batches, stats, head)
-    out = {"ncc_acc": acc}
+    disagree, correct, n = _nearest_mean_pass(batches, stats, head)
+    out = {"ncc_acc": correct / n}
     if head is not None:
-        out["nc4"] = nc4
+        out["nc4"] = disagree / n
     return out
 
 
@@ -278,7 +282,7 @@ def metrics_from_stats(stats: ClassStats, head: LinearHead | None = None) -> dic
     m = stats.centred_means()  # (C, D)
     _check_separated(stats, m)
     var = stats.class_variances()  # (C,)
-    trace_w = float(var @ stats.counts / stats.n)  # Tr(S_W)
+    trace_w = stats.within_trace()  # Tr(S_W)
     trace_b = float(np.einsum("ij,ij->", m, m) / c)  # Tr(S_B)
     d2 = _pairwise_sq_distances(m)
     etf = d >= c - 1
@@ -289,7 +293,7 @@ def metrics_from_stats(stats: ClassStats, head: LinearHead | None = None) -> dic
         "etf_exists": bool(etf),
         "etf_cosine": -1.0 / (c - 1),
         "notes": [] if etf else [_etf_note(c, d)],
-        "nc1_trace": trace_w / trace_b if trace_b > 0 else float("inf"),
+        "nc1_trace": trace_w / trace_b,  # trace_b > 0: coincident means raised above
         "cdnv": _cdnv(var, d2),
         "within_class_variance_mean": float(var.mean()),
         "counts": stats.counts.copy(),

@@ -226,9 +226,9 @@ class ClassStats:
                 "cannot merge statistics with and without the second moment; build both "
                 "with the same second_moment= setting"
             )
-        if self.shift is None:
-            return other.rebased(other.shift) if other.shift is not None else other.copy()
-        b = other.rebased(self.shift) if other.shift is not None else other
+        if self.shift is None:  # self saw no sample yet
+            return other.copy()
+        b = other.rebased(self.shift)  # exact; a no-op copy when other saw no sample
         out = self.copy()
         out.counts += b.counts
         out.sums += b.sums
