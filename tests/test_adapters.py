@@ -532,3 +532,28 @@ def test_timm_transformer_layouts_pool_per_stage():
     assert vit.head_name == "head"
     torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
     torch.testing.assert_close(got["blocks.11"], tokens.mean(dim=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_readme_bring_your_own_model_runs_as_written(tmp_path, monkeypatch):
+    """The README's "Bring your own model" block, executed unchanged, in a directory
+    holding the weights it loads and a `faces` folder of real images."""
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Bring your own model", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), "resnet18_fmnist.pt")
+    Path("faces").mkdir()
+    for i, img in enumerate(load_images("digits", "test", n=40, seed=2).images[:, 0]):
+        Image.fromarray(img.numpy()).save(f"faces/{i}.png")  # stand-in "faces": real digits
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    table = namespace["res"].pivot("detector", "ood", metric="auroc", layer="penultimate")
+    assert table.shape == (3, 2) and table.notna().all().all()
