@@ -37,13 +37,14 @@ import torch
 from torch import nn
 
 from ncood import __version__
+from ncood.config import DETECTORS_DEFAULT
 from ncood.errors import ConfigError
 from ncood.io import safe_names
 
 log = logging.getLogger(__name__)
 
-#: Detectors run when none are named: the logit-based and feature-based families.
-DEFAULT_DETECTORS = ("msp", "maxlogit", "energy", "mahalanobis", "vim", "neco")
+#: Detectors run when none are named: the toolkit's one default list (ncood.config).
+DEFAULT_DETECTORS = DETECTORS_DEFAULT
 
 
 def evaluate(
