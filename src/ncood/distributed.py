@@ -574,27 +574,42 @@ def merge_shards(directory: str | os.PathLike) -> FeatureSet:
     """Replace the shards in ``directory`` by the one FeatureSet they make (rank 0's job).
 
     The merged set is written (``meta.json`` last) before the shards are removed, so a
-    process killed in between leaves either the shards or a complete set. It holds the
-    concatenation in memory once (``n x D`` per array).
+    process killed in between leaves either the shards or a complete set. The arrays are
+    concatenated into memory-mapped scratch files (``.merge/``, removed after), so the
+    merge needs disk, not memory, for the split.
 
     Returns:
         The merged FeatureSet, loaded back memory-mapped.
     """
     d = Path(directory)
-    load_shards(d, mmap=True).save(d)
+    scratch = d / ".merge"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        load_shards(d, scratch=scratch).save(d)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     for part in d.glob(f"{SHARD_PREFIX}*"):
         shutil.rmtree(part, ignore_errors=True)
     return FeatureSet.load(d)
 
 
-def load_shards(directory: str | os.PathLike, *, mmap: bool = True) -> FeatureSet:
+def load_shards(
+    directory: str | os.PathLike, *, mmap: bool = True, scratch: Path | None = None
+) -> FeatureSet:
     """Load a split written by several processes as one FeatureSet.
 
     ``directory`` holds ``shard_00000/`` .. ``shard_{W-1:05d}/``, each a complete
     FeatureSet whose ``meta["subset"]["shard"]`` records ``rank``, ``world_size``,
     ``lo``, ``hi`` and ``n_total`` (:func:`take_shard`). The arrays are concatenated in
-    rank order (in memory), which restores the order of a single-process extraction; the
-    shard record is dropped from the returned ``meta``.
+    rank order, which restores the order of a single-process extraction; the shard record
+    is dropped from the returned ``meta``.
+
+    Args:
+        directory: the split's directory.
+        mmap: read the shards memory-mapped.
+        scratch: a directory for the concatenated arrays as memory-mapped ``.npy`` files;
+            ``None``: in memory.
 
     Raises:
         CheckpointError: a shard is missing, damaged, from another extraction, or the
@@ -647,16 +662,31 @@ def load_shards(directory: str | os.PathLike, *, mmap: bool = True) -> FeatureSe
         set(p.layers) != set(keys) or (p.labels is None) != (first.labels is None) for p in parts
     ):
         raise CheckpointError(f"the shards of {str(d)!r} hold different arrays; {fix}")
+    arrays = {
+        key: _concat(key, [p.arrays()[key] for p in parts], scratch) for key in first.arrays()
+    }
     return FeatureSet(
-        features=np.concatenate([np.asarray(p.features) for p in parts]),
-        logits=np.concatenate([np.asarray(p.logits) for p in parts]),
-        labels=None
-        if first.labels is None
-        else np.concatenate([np.asarray(p.labels) for p in parts]),
+        features=arrays["features"],
+        logits=arrays["logits"],
+        labels=arrays.get("labels"),
         name=first.name,
         meta=base,
-        layers={k: np.concatenate([np.asarray(p.layers[k]) for p in parts]) for k in keys},
+        layers={k: arrays[f"layer.{k}"] for k in keys},
     )
+
+
+def _concat(key: str, blocks: list[np.ndarray], scratch: Path | None) -> np.ndarray:
+    """Row-wise concatenation, in memory or into ``scratch / f"{key}.npy"`` (memory-mapped)."""
+    if scratch is None:
+        return np.concatenate([np.asarray(b) for b in blocks])
+    shape = (sum(len(b) for b in blocks), *blocks[0].shape[1:])
+    out = np.lib.format.open_memmap(scratch / f"{key}.npy", "w+", blocks[0].dtype, shape)
+    pos = 0
+    for block in blocks:
+        out[pos : pos + len(block)] = block
+        pos += len(block)
+    out.flush()
+    return out
 
 
 def _without_shard(meta: dict[str, Any]) -> dict[str, Any]:
