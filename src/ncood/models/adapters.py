@@ -646,9 +646,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Any]
     """Read a weights file: ``(state_dict, input_spec or None)``.
 
     Accepts a plain ``state_dict``, a dict holding one under ``state_dict`` / ``model``
-    (/ ``model_state_dict`` / ``net`` / ``module``), or an ncood checkpoint (whose
-    ``input_spec`` is returned too). Loaded with ``weights_only=True``: nothing in the file
-    runs.
+    (/ ``model_state_dict`` / ``net`` / ``module``), an ncood checkpoint (whose
+    ``input_spec`` is returned too), or a ``.safetensors`` file. Loaded with
+    ``weights_only=True``: nothing in the file runs.
 
     Raises:
         CheckpointError: missing, unreadable, or holding no state_dict.
@@ -657,6 +657,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Any]
     fix = "save the weights with torch.save(model.state_dict(), PATH)"
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist; check --weights")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path), None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -679,6 +681,21 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Any]
             + f"); expected a state_dict or a dict with one under {STATE_DICT_KEYS[:2]}; {fix}"
         )
     return dict(obj), spec_hint
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ConfigError(
+            f"{str(path)!r} is a .safetensors file, which needs the package safetensors "
+            "(pip install safetensors; timm installs it)"
+        ) from None
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"cannot read weights {str(path)!r} ({first})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
