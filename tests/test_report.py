@@ -591,7 +591,7 @@ def test_rows_without_regime_or_epoch_are_one_network(fixture_data, tmp_path):
     for d, o in ((d, o) for d in DETECTORS for o in OOD_SETS):
         v = res.value(detector=d, ood=o, layer=PENULTIMATE, metric="auroc")
         assert f"{100 * v:.2f}" in text
-    assert f"{T.UNNAMED}: OOD detection (%)" in text
+    assert f"{T.UNNAMED}: AUROC (%)" in text and f"{T.UNNAMED}: FPR@95 (%)" in text
     assert any(s.startswith(f"Best detector on digits ({T.UNNAMED})") for s in findings(res))
     no_ood = Results(df[df["detector"].isna() & df["layer"].notna()], {})  # collapse only
     html = write_report(no_ood, tmp_path)["html"].read_text()

@@ -25,7 +25,8 @@ def terminal_summary(results: Results) -> str:
     """
     res = _tables.named(results)
     tables = [_tables.training_table(res)]
-    tables += [_tables.compact_ood_table(res, r) for r in _tables.regimes(res)]
+    for regime in _tables.regimes(res):
+        tables += [_tables.metric_table(res, regime, m) for m in ("auroc", "fpr95")]
     tables += [_tables.collapse_table(res), _tables.nc5_table(res)]
     return "\n".join(_tables.text_table(t) for t in tables if t.rows)
 

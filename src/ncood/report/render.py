@@ -376,7 +376,9 @@ class _Report:
             if self.table(s.blocks, table, f"Detector AUROC per layer of {reg}: not computed."):
                 df = T.final(self.res, reg, metric="auroc")
                 df = df[df["detector"].isin({r[0].text for r in table.rows})]
-                wide = df.pivot_table(index="layer", columns=["detector", "ood"], values="value")
+                wide = df.pivot_table(
+                    index="layer", columns=["detector", "ood"], values="value", sort=False
+                )
                 title = f"Detector AUROC vs depth, {reg}"
                 fig = F.layer_auroc(wide.reindex(T.layers(self.res, reg)), title=title)
                 caption = CAPTIONS["depth_auroc"].format(reg)

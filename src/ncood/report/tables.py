@@ -309,19 +309,18 @@ def regime_table(res: Results, ood: str) -> Table:
     return table
 
 
-def compact_ood_table(res: Results, regime: str) -> Table:
-    """One regime, every OOD set: AUROC and FPR@95 (%) per detector (terminal summary)."""
-    df = final(res, regime, layer=PENULTIMATE, metric=["auroc", "fpr95"])
-    df = order(order(df, "metric", ["auroc", "fpr95"]), "ood", oods(res))
+def metric_table(res: Results, regime: str, metric: str) -> Table:
+    """One regime, one OOD metric (%): detector x OOD set (the terminal summary's tables)."""
+    df = final(res, regime, layer=PENULTIMATE, metric=metric)
     return pivot(
-        f"{regime}: OOD detection (%)",
-        df.assign(col=df["ood"] + " " + df["metric"].map(OOD_LABEL)),
+        f"{regime}: {OOD_LABEL[metric]} (%)",
+        order(df, "ood", oods(res)),
         "detector",
-        "col",
+        "ood",
         corner=["Detector"],
         best_in="column",
-        higher=lambda c: c.endswith("AUROC"),
-        note="Best per column in bold (lowest for FPR@95).",
+        higher=lambda c: HIGHER[metric],
+        note="Best per column in bold.",
     )
 
 
