@@ -598,3 +598,12 @@ def test_rows_without_regime_or_epoch_are_one_network(fixture_data, tmp_path):
     assert "OOD detection was not computed in this run." in html
     assert T.UNNAMED in html and "No training history recorded." in html
     _check_dom(html, 5)  # 4 collapse figures and the depth figure
+
+
+def test_anything_but_results_is_refused_with_a_clear_error(tmp_path):
+    from ncood.errors import ConfigError
+
+    for call in (terminal_summary, findings, lambda r: write_report(r, tmp_path)):
+        with pytest.raises(ConfigError, match=r"Results; got dict\. Load a run with Results\.load"):
+            call({"schema_version": 1, "regimes": {}})
+    assert not (tmp_path / "report.html").exists()

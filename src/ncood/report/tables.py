@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ncood.errors import ConfigError
 from ncood.results import PENULTIMATE, Results
 
 MISSING = "n/a"
@@ -97,7 +98,16 @@ UNNAMED = "network"  # the regime of rows that name none (ncood score/collapse o
 
 
 def named(res: Results) -> Results:
-    """``res`` with an empty ``regime`` called :data:`UNNAMED`, so every row has a network."""
+    """``res`` with an empty ``regime`` called :data:`UNNAMED`, so every row has a network.
+
+    Raises:
+        ConfigError: ``res`` is not a :class:`~ncood.results.Results`.
+    """
+    if not isinstance(res, Results):
+        raise ConfigError(
+            f"The report reads a ncood.results.Results; got {type(res).__name__}. Load a run "
+            "with Results.load(directory) (results.csv + run.json)"
+        )
     df = res.to_frame()
     if df["regime"].notna().all():
         return res
