@@ -322,7 +322,7 @@ def test_dice_matches_loop_reference(small, p):
 
 
 # --------------------------------------------------------------------------- NNGuide
-@pytest.mark.parametrize("k, fraction", [(100, 0.01), (5, 1.0), (7, 0.1)])
+@pytest.mark.parametrize("k, fraction", [(100, 0.01), (5, 1.0), (7, 0.1), (7, 0.035)])
 def test_nnguide_matches_loop_reference(small, k, fraction):
     z, head = small.Z, small.head
     n = len(z)
