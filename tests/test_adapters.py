@@ -227,6 +227,10 @@ def test_post_processed_output_needs_explicit_head(images, caplog):
     assert "post-processing" in caplog.text
     with torch.no_grad():
         torch.testing.assert_close(model(images), 2 * net(images))
+    # features= is checked against the head's own output, not the post-processed one
+    named = ModelAdapter(net, head="classifier", features="body", input_size=SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(named.forward_features(images), net.body(images))
 
 
 def test_model_without_linear_head_names_the_argument():

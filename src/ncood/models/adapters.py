@@ -153,6 +153,9 @@ class ModelAdapter(nn.Module):
             x: a small input batch ``(b, C, H, W)`` on the model's device.
         """
         model = self.model
+        param = next(model.parameters(), None)
+        if param is not None:  # the dry run goes where the model is, in its precision
+            x = x.to(param.device, param.dtype if param.is_floating_point() else x.dtype)
         was_training = model.training
         model.eval()
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -202,7 +205,8 @@ class ModelAdapter(nn.Module):
         head_name, head = self._pick_head(linears, calls, out)
         self.head_name, self._head = head_name, head
         if self.features_name is not None:
-            self._check_features(feats.get("z"), head, out)
+            head_out = [f for n, _, f in calls if n == head_name][-1]
+            self._check_features(feats.get("z"), head, head_out)
         self._stages = self._find_stages(order, head_name)
         log.info(
             "%s: head %r (%d -> %d), %d stages",
@@ -264,6 +268,7 @@ class ModelAdapter(nn.Module):
         )
 
     def _check_features(self, z_raw: Any, head: nn.Linear, out: torch.Tensor) -> None:
+        """``head(pool(z_raw))`` must reproduce the head's own output ``out``."""
         if not isinstance(z_raw, torch.Tensor):
             raise ConfigError(
                 f"features={self.features_name!r} did not return a tensor in the forward "
@@ -282,7 +287,7 @@ class ModelAdapter(nn.Module):
         if err > 1e-3 * scale:  # float32 sums in a different order stay far below this
             raise ConfigError(
                 f"the pooled output of features={self.features_name!r} is not the input of "
-                f"head {self.head_name!r}: head(features) differs from the model output by "
+                f"head {self.head_name!r}: head(features) differs from the head's output by "
                 f"up to {err:.3g}; name the module right before the head"
             )
 
@@ -408,6 +413,12 @@ class ModelAdapter(nn.Module):
             self.model(x)
         finally:
             handle.remove()
+        if "z" not in grab:
+            where = self.features_name or self.head_name
+            raise ConfigError(
+                f"{self.name}'s forward did not run {where!r} on this batch; name the "
+                "modules every forward pass uses (head=..., features=...)"
+            )
         return grab["z"]  # (n, D)
 
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
