@@ -568,3 +568,14 @@ def test_readme_bring_your_own_model_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     table = namespace["res"].pivot("detector", "ood", metric="auroc", layer="penultimate")
     assert table.shape == (3, 2) and table.notna().all().all()
+
+
+def test_evaluate_unknown_option_or_detector_fails_before_any_work(tmp_path):
+    import ncood
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ConfigError, match="did you mean 'max_train_samples'"):
+        ncood.evaluate(net, train="digits", test="digits", max_trian_samples=5, out=tmp_path / "o")
+    with pytest.raises(ConfigError, match="unknown detector 'enrgy'"):
+        ncood.evaluate(net, train="digits", test="digits", detectors=["enrgy"], out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

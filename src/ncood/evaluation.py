@@ -238,6 +238,7 @@ def extract_features(
     from ncood.io import write_json
     from ncood.types import load_feature_dir
 
+    _check_options(model_options)
     model, tf = prepare_model(model, **model_options)
     layer_names = list(model.stage_names()) if layers is None else list(layers)
 
@@ -321,6 +322,26 @@ def extract_features(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return load_feature_dir(out)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Unknown keyword arguments are a toolkit error naming the closest valid one."""
+    import inspect
+
+    from ncood.registry import closest
+
+    valid = [
+        p
+        for f in (evaluate, extract_features, prepare_model)
+        for p in inspect.signature(f).parameters
+        if p not in ("model", "options", "model_options")
+    ]
+    for key in options:
+        if key not in inspect.signature(prepare_model).parameters:
+            raise ConfigError(
+                f"unknown option {key!r}{closest(key, valid)}; valid options: "
+                f"{', '.join(sorted(set(valid)))}"
+            )
 
 
 def _source(model: nn.Module) -> dict[str, Any]:
