@@ -511,6 +511,72 @@ def test_dims_checked_against_the_feature_width(data):
         create_detector("knn", k=601).fit(data.Z, data.y, data.head)
 
 
+def test_fit_and_score_inputs_are_checked(data):
+    z, y, head = data.Z, data.y, data.head
+    with pytest.raises(ShapeError, match="vim needs the classifier head to fit"):
+        create_detector("vim").fit(z, y, None)
+    with pytest.raises(ShapeError, match="head must be a LinearHead.*got tuple"):
+        create_detector("vim").fit(z, y, (head.weight, head.bias))
+    with pytest.raises(ShapeError, match="stats must be a ClassStats; got dict"):
+        create_detector("mahalanobis").fit(z, y, head, stats={})
+    with pytest.raises(ShapeError, match="mahalanobis needs the train features and labels"):
+        create_detector("mahalanobis").fit(z, None, head)
+    with pytest.raises(ShapeError, match="mahalanobis needs the train features and labels"):
+        create_detector("mahalanobis").fit(None, y, head)
+    wrong_c = ClassStats.from_features(z, y, head.num_classes + 1)
+    with pytest.raises(ShapeError, match=r"stats describe D=24, C=6, but the head has D=24, C=5"):
+        create_detector("mahalanobis").fit(None, None, head, stats=wrong_c)
+    # detectors without fit: no head needed, nothing fitted
+    msp = create_detector("msp").fit(None, None, None)
+    assert not msp.is_fitted() and msp.score(None, data.F).shape == (len(data.F),)
+    vim = create_detector("vim").fit(z, y, head)
+    assert vim.is_fitted() and (vim.n_features_in_, vim.n_classes_) == (24, 5)
+    with pytest.raises(ShapeError, match="features have 200 rows but logits have 199"):
+        vim.score(data.X, data.F[:-1])
+    with pytest.raises(ShapeError, match="logits have 4 columns, but vim was fitted with a head "):
+        vim.score(data.X, data.F[:, :4])
+    with pytest.raises(ShapeError, match="features is required"):
+        vim.score(None, data.F)
+    with pytest.raises(ShapeError, match="features is empty"):
+        vim.score(data.X[:0], data.F[:0])
+    with pytest.raises(ShapeError, match=r"features must be a 2-D array .*got shape \(24,\)"):
+        vim.score(data.X[0], data.F)
+    with pytest.raises(ShapeError, match=r"in rows 0\.\.199 \(first at index \[7, 2\]\)"):
+        bad = data.X.copy()
+        bad[7, 2] = np.inf
+        vim.score(bad, data.F)
+    # lists are arrays too
+    np.testing.assert_allclose(
+        vim.score(data.X.tolist(), data.F.tolist()), vim.score(data.X, data.F)
+    )
+
+
+def test_detector_description(data):
+    vim = create_detector("vim", dim=7)
+    assert repr(vim) == "ViM(dim=7)" and vim.get_params() == {"dim": 7}
+    assert repr(create_detector("mahalanobis")) == "Mahalanobis()"
+    info = vim.fit(data.Z, data.y, data.head).fitted_info()
+    assert set(info) == {"dim_", "rank_", "alpha_", "n_features_in_", "n_classes_"}
+    assert info["dim_"] == 7 and type(info["alpha_"]) is float and type(info["rank_"]) is int
+    with pytest.raises(ConfigError, match=r"detector 'mahalanobis' has no parameter 'k'.*\(none\)"):
+        create_detector("mahalanobis", k=3)
+    with pytest.raises(ConfigError, match="valid parameters: dim$"):
+        create_detector("vim", k=3)
+    assert list_detectors() == sorted(list_detectors())
+    assert detector_class("vim").name == "vim" and detector_class("vim").param_names() == ["dim"]
+
+
+def test_eigen_cutoff_is_pinvh_s():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(6, 3))
+    cov = a @ a.T  # rank 3 of 6
+    evals = np.linalg.eigvalsh(cov)
+    cut = det_base.eigen_cutoff(evals[-1], 6)
+    assert cut == 6 * np.finfo(np.float64).eps * evals[-1]
+    assert np.count_nonzero(evals > cut) == np.linalg.matrix_rank(cov) == 3
+    assert det_base.eigen_cutoff(-1.0, 6) == 0.0  # a negative maximum counts as 0
+
+
 def test_registry_holds_the_six_of_the_reference_experiment():
     assert set(SIX) <= set(list_detectors())
     with pytest.raises(ConfigError, match="already registered"):
