@@ -468,3 +468,15 @@ def test_extract_checkpoint_named_ood_sets_stay_inside_out(tmp_path, monkeypatch
     assert sorted(os.listdir(faces)) == before  # the user's folder is untouched
     assert sorted(os.listdir(data / "out1" / "ood")) == ["d", "faces", "near"]
     assert len(fd.ood["faces"]) == 6 and len(fd.ood["near"]) == 8
+
+
+def test_regime_names_stay_inside_the_run_directory(tmp_path):
+    from ncood.pipeline import train_dir
+
+    for name in ("../../escaped", "/abs/x", "a/b:c", "standard"):
+        for several in (False, True):
+            d = train_dir(tmp_path / "run", name, 1, several_seeds=several)
+            assert inside(tmp_path / "run" / "regimes", d), d
+    assert train_dir(tmp_path, "standard", 0, several_seeds=False) == (
+        tmp_path / "regimes" / "standard" / "train"
+    )
