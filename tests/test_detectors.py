@@ -147,7 +147,7 @@ def _vim_direct(z_train, w, b, dim, x, f):
     return energy - alpha * np.linalg.norm((x - u) @ residual, axis=1), alpha
 
 
-@pytest.mark.parametrize("dim", [3, 12, 20])
+@pytest.mark.parametrize("dim", [1, 3, 12, 20, 23])
 def test_vim_matches_direct_numpy(data, dim):
     det = create_detector("vim", dim=dim).fit(data.Z, data.y, data.head)
     expected, alpha = _vim_direct(data.Z, data.head.weight, data.head.bias, dim, data.X, data.F)
@@ -224,6 +224,50 @@ def test_vim_rank_below_two_raises():
     head = LinearHead(rng.normal(size=(2, 6)), np.zeros(2))
     with pytest.raises(ConfigError, match="at least 2 directions .* span 1"):
         create_detector("vim").fit(z, y, head)
+
+
+def test_vim_rank_two_caps_the_default_to_one():
+    z, y, head, x, _ = _low_rank(rank=2, d=8)
+    det = create_detector("vim").fit(z, y, head)  # default 4 -> 1
+    assert (det.dim_, det.rank_) == (1, 2)
+    expected, alpha = _vim_direct(z, head.weight, head.bias, 1, x, head.logits(x))
+    assert det.alpha_ == pytest.approx(alpha, rel=1e-8)
+    np.testing.assert_allclose(det.score(x, head.logits(x)), expected, rtol=1e-8)
+    assert create_detector("vim", dim=1).fit(z, y, head).alpha_ == det.alpha_
+
+
+def test_mahalanobis_large_offset_matches_sklearn(data):
+    # post-ReLU-like features far from the origin: the centring on the mean of the class
+    # means keeps the ||a||^2 - 2 a.w + ||w||^2 expansion free of cancellation
+    offset = 1e6
+    det = create_detector("mahalanobis").fit(data.Z + offset, data.y, data.head)
+    c = data.head.num_classes
+    means = np.stack([data.Z[data.y == k].mean(axis=0) for k in range(c)])
+    ec = EmpiricalCovariance(assume_centered=True).fit(data.Z - means[data.y])
+    dist = np.stack([ec.mahalanobis(data.X - means[k]) for k in range(c)], axis=1)
+    np.testing.assert_allclose(det.score(data.X + offset, data.F), -dist.min(axis=1), rtol=1e-7)
+    # a query at a class mean is at distance 0 (rounding never makes it positive)
+    at_means = det.score(det.means_, data.head.logits(det.means_))
+    assert np.all(at_means <= 0.0) and np.all(at_means > -1e-6)
+
+
+def test_neco_edge_cases(data):
+    det = create_detector("neco", dim=3).fit(data.Z, data.y, data.head)
+    # a sample exactly at the train mean has s = 0: the largest ratio, 1
+    assert det.score(det.mean_[None, :], data.F[:1])[0] == 1.0
+    assert det.uses_logits is False
+    assert create_detector("neco", dim=3, use_maxlogit=True).uses_logits is True
+    with pytest.raises(ConfigError, match="'use_maxlogit' parameter of NECO must be a bool"):
+        create_detector("neco", use_maxlogit=1)
+    assert (
+        create_detector("neco").variance == 0.9 and create_detector("neco", dim=2).variance is None
+    )
+    with pytest.raises(ConfigError, match="every train feature is constant"):
+        create_detector("neco").fit(np.ones_like(data.Z), data.y, data.head)
+    full = create_detector("neco", variance=1.0).fit(data.Z, data.y, data.head)
+    assert full.dim_ == data.Z.shape[1] and full.explained_variance_ == pytest.approx(1.0)
+    np.testing.assert_allclose(full.explained_variance_ratio_.sum(), 1.0, rtol=1e-12)
+    assert np.all(np.diff(full.explained_variance_ratio_) <= 0)
 
 
 def test_mahalanobis_constant_features_warn_and_match_reduced_reference(data, caplog):

@@ -144,11 +144,8 @@ class ViM(Detector):
             z = read_chunk(features, start, stop, "train features")  # (b, D)
             max_logit_sum += float((z @ head.weight.T + head.bias).max(axis=1).sum())
             residual_sum += float(np.linalg.norm((z - self.origin_) @ self.residual_, axis=1).sum())
-        if residual_sum <= 0.0:
-            raise ConfigError(
-                f"ViM: the train features have no residual beyond the top dim={dim} "
-                "directions (mean residual norm 0), so alpha is undefined; choose a smaller dim"
-            )
+        # residual_sum > 0: dim < rank, so the residual holds at least one direction with
+        # an eigenvalue above the cut-off
         self.alpha_ = max_logit_sum / residual_sum  # ratio of means (the counts cancel)
 
     def _score(self, z, f):
