@@ -379,7 +379,8 @@ def test_precomputed_stats_give_the_same_fit(small):
 
 
 def test_label_free_detectors_fit_without_labels(small):
-    for name in ("dice", "nci", "fdbd", "knn", "nnguide", "kl_matching", "scale"):
+    # (knn uses labels only to anchor its index; its scores are checked in test_knn.py)
+    for name in ("dice", "nci", "fdbd", "nnguide", "kl_matching", "scale"):
         ref = create_detector(name).fit(small.Z, small.y, small.head)
         det = create_detector(name).fit(small.Z, None, small.head)
         np.testing.assert_array_equal(det.score(small.X, small.F), ref.score(small.X, small.F))

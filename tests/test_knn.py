@@ -90,8 +90,9 @@ def test_blocked_search_equals_single_block_reference(monkeypatch):
     monkeypatch.setattr(nb, "SIM_VALUES", 11 * 33)  # 11 query rows per chunk
     monkeypatch.setattr(nb, "RERANK_VALUES", 3 * 20 * 60)
     monkeypatch.setattr(nb, "CENTER_ROWS", 13)
-    for k in (1, 5, 50):
-        det = create_detector("knn", k=k, index_dtype="float64").fit(train, y, head)
+    for k, labels in ((1, y), (5, None), (50, y)):  # 3 class anchors, or 1 anchor
+        det = create_detector("knn", k=k, index_dtype="float64").fit(train, labels, head)
+        assert det.n_anchors_ == (1 if labels is None else 3)
         assert det._score_chunk_rows(20) == 11
         np.testing.assert_allclose(
             det.score(query, None), _brute_force(train, query, k), rtol=1e-12, atol=1e-15
@@ -121,7 +122,9 @@ def test_faiss_and_numpy_shortlists_give_the_same_scores(offset):
     fa = create_detector("knn", backend="faiss").fit(train, y, head)
     npy = create_detector("knn", backend="numpy").fit(train, y, head)
     assert (fa.backend_, npy.backend_) == ("faiss", "numpy")
-    assert create_detector("knn").fit(train, y, head).backend_ == "faiss"  # auto
+    # auto: faiss for one anchor (no labels); grouped NumPy products for class anchors
+    assert create_detector("knn").fit(train, None, head).backend_ == "faiss"
+    assert create_detector("knn").fit(train, y, head).backend_ == "numpy"
     np.testing.assert_allclose(fa.score(test, None), npy.score(test, None), rtol=1e-12)
     np.testing.assert_allclose(fa.score(test, None), _brute_force(train, test, 50), rtol=1e-6)
 
@@ -141,7 +144,7 @@ def test_without_faiss_auto_falls_back_to_numpy(offset, monkeypatch):
 def test_memory_of_a_score_chunk_is_bounded():
     """Query chunk x train block never exceeds SIM_VALUES products, whatever n_train."""
     det = nb.KNN()
-    det.train_ = np.zeros((1_000_000, 8), dtype=np.float32)  # only the shape is read
+    det.anchor_starts_ = np.array([0, 1_000_000])  # one anchor of 1M rows: only sizes read
     rows = det._score_chunk_rows(2048)
     assert rows * min(1_000_000, nb.TRAIN_ROWS) <= nb.SIM_VALUES
     assert rows >= 64  # and BLAS still gets a matrix, not a vector
@@ -160,3 +163,26 @@ def test_tight_clusters_far_from_the_centre_are_re_ranked_exactly():
     head = LinearHead(rng.normal(size=(2, d)), np.zeros(2))
     det = create_detector("knn", k=10, index_dtype="float64").fit(train, y, head)
     np.testing.assert_allclose(det.score(query, None), _brute_force(train, query, 10), rtol=1e-8)
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-5])
+def test_collapsed_classes_are_accurate_with_a_float32_index(spread):
+    """With labels, each class is stored as float32 residuals about its own mean unit
+    vector: neighbour distances keep ~7 digits however tight the classes are (one global
+    centre keeps 7 digits of the *between*-class distance: 1e-2 errors at spread 1e-5)."""
+    rng = np.random.default_rng(9)
+    d = 8
+    means = 10.0 * np.eye(d)[:2]
+    y = rng.integers(0, 2, 600)
+    train = means[y] + spread * rng.normal(size=(600, d))
+    query = means[rng.integers(0, 2, 50)] + spread * rng.normal(size=(50, d))
+    head = LinearHead(rng.normal(size=(2, d)), np.zeros(2))
+    ref = _brute_force(train, query, 10)
+    for backend in ("numpy", "faiss") if nb._faiss() is not None else ("numpy",):
+        det = create_detector("knn", k=10, backend=backend).fit(train, y, head)
+        np.testing.assert_allclose(det.score(query, None), ref, rtol=1e-5, err_msg=backend)
+    # without labels (one anchor) the float32 residuals cannot resolve the tight classes
+    one = create_detector("knn", k=10, backend="numpy").fit(train, None, head)
+    assert one.n_anchors_ == 1
+    if spread < 1e-4:
+        assert np.max(np.abs(one.score(query, None) - ref) / np.abs(ref)) > 1e-4

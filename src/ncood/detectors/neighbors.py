@@ -2,24 +2,25 @@
 
 KNN at scale (exact, bounded memory, accurate for close neighbours):
 
-1. ``fit`` normalises the train features chunk by chunk and stores them *centred*,
-   ``r_i = u_i - c`` with ``u_i = z_i / ||z_i||`` and ``c`` the mean unit vector of the
-   first ``CENTER_ROWS`` train rows. Centring removes the large component every
-   normalised feature shares (post-ReLU features all point into the positive orthant),
-   so the stored residuals keep their relative precision even in float32, and nothing
-   is computed as ``2 - 2 cos``.
-2. ``score`` takes query rows in chunks and train rows in blocks (at most ``SIM_VALUES``
-   products held at once) and keeps, per query, the ``L = min(n, 2k + 16)`` nearest
-   candidates by the expansion ``||r_i||^2 - 2 r_q . r_i`` (one matrix product per block;
-   ``||r_q||^2`` is the same for every candidate of a row). With faiss installed and a
-   float32 index, ``faiss.knn`` (exact brute force, blocked, multi-threaded, on the same
-   array: no copy) finds the shortlist instead.
+1. ``fit`` normalises the train features chunk by chunk and stores them as residuals
+   about *anchors*, ``r_i = u_i - a_{y_i}`` with ``u_i = z_i / ||z_i||`` and ``a_c`` the
+   mean unit vector of class ``c`` (without labels: one anchor, the mean unit vector of
+   the first ``CENTER_ROWS`` rows). The residuals are as small as the classes are tight,
+   so float32 storage keeps ~7 digits of the *within*-class geometry -- also for
+   collapsed features and for features with a large common offset -- and nothing is
+   computed as ``2 - 2 cos``. Labels only choose the anchors; the score ignores them.
+2. ``score`` takes query rows in chunks and, anchor by anchor, the residuals in blocks
+   (at most ``SIM_VALUES`` products held at once): with ``q = u - a`` formed in float64,
+   ``||q - r_i||^2 = ||q||^2 + ||r_i||^2 - 2 q . r_i`` by one matrix product per block,
+   keeping per query the ``L = min(n, 2k + 16)`` nearest candidates. With faiss
+   installed, a float32 index and a single anchor, ``faiss.knn`` (exact brute force,
+   blocked, multi-threaded, on the same array: no copy) finds the shortlist instead.
 3. The shortlisted candidates' distances are recomputed directly in float64 as
-   ``||r_q - r_i||`` (no cancellation) and the k-th smallest is taken.
+   ``||(u - a) - r_i||`` (no cancellation) and the k-th smallest is taken.
 
 The k-th smallest of a set of numbers moves by at most ``delta`` when every number moves
 by at most ``delta``, so the shortlist only has to contain the true k nearest up to the
-(tiny, relative) rounding of step 2, and the margin of ``k + 16`` candidates absorbs it.
+(small, relative) rounding of step 2, and the margin of ``k + 16`` candidates absorbs it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ncood.detectors.base import (
     register_detector,
 )
 from ncood.errors import ConfigError
-from ncood.validation import check_number
+from ncood.validation import as_labels, check_number
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +105,32 @@ class KNN(Detector):
     the full train set, and OpenOOD v1.5's config (its sweep: 50, 100, 200, 500, 1000).
 
     The search is exact and works in bounded memory (see the module docstring): train
-    features are stored centred and normalised (``n_train * D`` values of
-    ``index_dtype``; the paper's faiss ``IndexFlatL2`` holds the same float32 matrix),
-    products are taken block by block, and the shortlisted neighbours' distances are
-    recomputed in float64 from the centred residuals. With ``index_dtype="float64"``
-    scores equal a float64 brute force to rounding; with ``"float32"`` (default, half
-    the memory) to about ``1e-7`` of the residual norms -- in both cases also for
-    features with a large common offset, where the plain ``2 - 2 cos`` in float32
-    collapses every score to the same value.
+    features are stored normalised, as residuals about their class's mean unit vector
+    (``n_train * D`` values of ``index_dtype``; the paper's faiss ``IndexFlatL2`` holds a
+    float32 matrix of the same size), products are taken block by block, and the
+    shortlisted neighbours' distances are recomputed in float64. With
+    ``index_dtype="float64"`` scores equal a float64 brute force to rounding; with
+    ``"float32"`` (default, half the memory) to about ``1e-7`` of the residual norms
+    (the within-class spread when labels are given) -- in both cases also for features
+    with a large common offset, where the plain ``2 - 2 cos`` in float32 collapses
+    every score to the same value.
 
     Args:
         k: which neighbour, ``1 <= k <= n_train``.
         index_dtype: ``"float32"`` or ``"float64"``, storage of the train residuals.
         backend: shortlist search: ``"numpy"`` (blocked matrix products), ``"faiss"``
             (``faiss.knn``; needs the optional ``faiss-cpu`` and a float32 index), or
-            ``"auto"`` (faiss when installed and the index is float32). The scores are
-            the same either way (the shortlist is re-ranked in float64).
+            ``"auto"`` (faiss when installed, the index is float32 and there is one
+            anchor, i.e. no labels; one faiss call per class is slower than the grouped
+            products). The scores are the same either way (re-ranked in float64).
 
     Fitted attributes:
-        center_: ``(D,)`` float64 centre ``c`` subtracted from the unit vectors.
-        train_: ``(n_train, D)`` centred normalised train features ``u_i - c``.
-        train_sq_: ``(n_train,)`` their squared norms (in the index dtype).
-        backend_: the shortlist backend used, ``"numpy"`` or ``"faiss"``.
+        anchors_: ``(A, D)`` float64 anchors (class mean unit vectors, or one centre).
+        train_: ``(n_train, D)`` residuals ``u_i - a``, grouped by anchor (storage order).
+        anchor_starts_: ``(A + 1,)`` row offsets of each anchor's group in ``train_``.
+        anchor_ids_: ``(n_train,)`` anchor of each stored row.
+        train_sq_: ``(n_train,)`` squared residual norms (in the index dtype).
+        n_anchors_: ``A``. backend_: the shortlist backend used, ``"numpy"`` or ``"faiss"``.
     """
 
     needs_train_features = True
@@ -159,26 +164,58 @@ class KNN(Detector):
                 f"k={self.k} for n_train={n}; choose a smaller k"
             )
         dtype = INDEX_DTYPES[self.index_dtype]
-        # the centre: mean unit vector of the first CENTER_ROWS rows (independent of the
-        # chunk size, so the stored residuals are too)
-        center = _normalise(read_chunk(features, 0, min(n, CENTER_ROWS), "train features"))
-        center = center.mean(axis=0)  # (D,)
+        anchors, anchor_of = self._anchors(features, labels, head)  # (A, D), (n,)
+        order = np.argsort(anchor_of, kind="stable")  # storage order: grouped by anchor
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+        counts = np.bincount(anchor_of, minlength=len(anchors))
         train = np.empty((n, d), dtype=dtype)
         for start, stop in iter_chunks(n, chunk_rows(d)):
             u = _normalise(read_chunk(features, start, stop, "train features"))  # (b, D)
-            train[start:stop] = u - center
-        self.center_ = center
-        self.train_ = train
+            train[position[start:stop]] = u - anchors[anchor_of[start:stop]]
         sq = np.empty(n, dtype=dtype)
         for start, stop in iter_chunks(n, chunk_rows(d)):
             block = train[start:stop].astype(np.float64)
             sq[start:stop] = np.einsum("ij,ij->i", block, block)
+        self.anchors_ = anchors
+        self.anchor_starts_ = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.anchor_ids_ = anchor_of[order].astype(np.int32)
+        self.train_ = train
         self.train_sq_ = sq
+        self.n_anchors_ = int(len(anchors))
         self.backend_ = self._resolve_backend()
+
+    def _anchors(self, features, labels, head) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors ``(A, D)`` float64 and each train row's anchor ``(n,)``.
+
+        With labels: the mean unit vector of each class present (tight classes are then
+        stored as small residuals, the case of collapsed features). Without: one anchor,
+        the mean unit vector of the first ``CENTER_ROWS`` rows.
+        """
+        n, d = features.shape
+        if labels is None:
+            first = _normalise(read_chunk(features, 0, min(n, CENTER_ROWS), "train features"))
+            return first.mean(axis=0, keepdims=True), np.zeros(n, dtype=np.int64)
+        c = head.num_classes if head is not None else None
+        y = as_labels(labels, n, num_classes=c)
+        c = int(y.max()) + 1 if c is None else c
+        sums = np.zeros((c, d), dtype=np.float64)
+        for start, stop in iter_chunks(n, chunk_rows(d)):
+            u = _normalise(read_chunk(features, start, stop, "train features"))
+            onehot = np.zeros((c, stop - start), dtype=np.float64)
+            onehot[y[start:stop], np.arange(stop - start)] = 1.0
+            sums += onehot @ u
+        counts = np.bincount(y, minlength=c)
+        present = np.flatnonzero(counts)
+        remap = np.full(c, -1, dtype=np.int64)
+        remap[present] = np.arange(present.size)
+        return sums[present] / counts[present, None], remap[y]
 
     def _resolve_backend(self) -> str:
         if self.backend == "numpy" or self.index_dtype != "float32":
             return "numpy"
+        if self.backend == "auto" and self.n_anchors_ > 1:
+            return "numpy"  # one faiss call per anchor is slower than grouped products
         if _faiss() is None:
             if self.backend == "faiss":
                 raise ConfigError(
@@ -192,7 +229,8 @@ class KNN(Detector):
         if getattr(self, "backend_", "numpy") == "faiss":
             # faiss blocks the search itself (bounded memory) and is slow on small batches
             return chunk_rows(width)
-        block = min(self.train_.shape[0], TRAIN_ROWS)
+        sizes = np.diff(self.anchor_starts_)
+        block = min(int(sizes.max()), TRAIN_ROWS)
         return max(1, min(SIM_VALUES // block, chunk_rows(width)))
 
     def _score(self, z, f):
@@ -200,39 +238,78 @@ class KNN(Detector):
 
     def kth_sq_distance(self, z: np.ndarray) -> np.ndarray:
         """Squared distance from each ``z (b, D)`` to its k-th nearest neighbour, ``(b,)``."""
-        r = _normalise(z) - self.center_  # (b, D) float64
-        train = self.train_
+        u = _normalise(z)  # (b, D) float64
+        train, anchors = self.train_, self.anchors_
         m = min(train.shape[0], 2 * self.k + SHORTLIST_EXTRA)
-        if getattr(self, "backend_", "numpy") == "faiss":
-            q = np.ascontiguousarray(r, dtype=np.float32)
-            _, best_i = _faiss().knn(q, train, m)  # (b, m) exact float32 search
-        else:
-            best_i = self._shortlist(r, m)
-        # exact re-ranking of the shortlist, direct differences in float64
-        out = np.empty(len(r), dtype=np.float64)
-        rows = max(1, RERANK_VALUES // (m * r.shape[1]))
-        for a, b in iter_chunks(len(r), rows):
-            cand = train[best_i[a:b]].astype(np.float64)  # (rows, m, D)
-            diff = cand - r[a:b, None, :]
+        best_i = self._shortlist(u, m)  # (b, m) storage rows
+        # exact re-ranking of the shortlist: (u - anchor) - residual, in float64
+        out = np.empty(len(u), dtype=np.float64)
+        rows = max(1, RERANK_VALUES // (m * u.shape[1]))
+        for a, b in iter_chunks(len(u), rows):
+            idx = best_i[a:b]
+            diff = u[a:b, None, :] - anchors[self.anchor_ids_[idx]]  # (rows, m, D)
+            diff -= train[idx]
             d2 = np.einsum("bmd,bmd->bm", diff, diff)  # (rows, m)
             out[a:b] = np.partition(d2, self.k - 1, axis=1)[:, self.k - 1]
         return out
 
-    def _shortlist(self, r: np.ndarray, m: int) -> np.ndarray:
-        """Indices ``(b, m)`` of the ``m`` nearest train rows to each residual in ``r``."""
+    def _shortlist(self, u: np.ndarray, m: int) -> np.ndarray:
+        """Storage rows ``(b, m)`` of the ``m`` nearest train rows to each unit vector.
+
+        Anchor by anchor: ``q = u - anchor`` (float64, then the index dtype) against that
+        anchor's residuals, ``||q||^2 + ||r_i||^2 - 2 q . r_i``; these are full squared
+        distances, so the candidates of every anchor are merged by value.
+        """
         train, sq = self.train_, self.train_sq_
-        q = r.astype(train.dtype)
-        block = max(1, min(TRAIN_ROWS, SIM_VALUES // max(1, len(r))))
-        best_v = np.empty((len(r), 0), dtype=train.dtype)
-        best_i = np.empty((len(r), 0), dtype=np.int64)
-        for start, stop in iter_chunks(train.shape[0], block):
-            # ||r_q - r_i||^2 minus the row constant ||r_q||^2; only used to rank
-            approx = sq[start:stop] - 2.0 * (q @ train[start:stop].T)  # (b, block)
-            v, i = _smallest(approx, None, m)
-            i = i + start if i is not None else np.broadcast_to(np.arange(start, stop), v.shape)
+        starts = self.anchor_starts_
+        best_v = np.empty((len(u), 0), dtype=train.dtype)
+        best_i = np.empty((len(u), 0), dtype=np.int64)
+
+        def merge(v, i):
+            nonlocal best_v, best_i
             best_v, best_i = _smallest(
                 np.concatenate([best_v, v], axis=1), np.concatenate([best_i, i], axis=1), m
             )
+
+        def query(a):  # q = u - anchor: float64, then the index dtype; ||q||^2
+            qa = u - self.anchors_[a]  # (b, D)
+            q_sq = np.einsum("bd,bd->b", qa, qa).astype(train.dtype)[:, None]
+            return np.ascontiguousarray(qa, dtype=train.dtype), q_sq
+
+        if getattr(self, "backend_", "numpy") == "faiss":  # exact float32, blocked in faiss
+            for a in range(len(self.anchors_)):
+                lo, hi = int(starts[a]), int(starts[a + 1])
+                v, i = _faiss().knn(query(a)[0], train[lo:hi], min(m, hi - lo))
+                merge(v, i + lo)
+            return best_i
+        # NumPy: pieces of at most `block` rows (an anchor's rows, split if larger), grouped
+        # so that one (b, <= block) array of distances is partitioned per group
+        block = max(1, min(TRAIN_ROWS, SIM_VALUES // max(1, len(u))))
+        pieces = [
+            (a, int(starts[a]) + lo, int(starts[a]) + hi)
+            for a in range(len(self.anchors_))
+            for lo, hi in iter_chunks(int(starts[a + 1] - starts[a]), block)
+        ]
+        current, cached = [], (None, None, None)
+        for n_piece, piece in enumerate(pieces):
+            current.append(piece)
+            rows = sum(hi - lo for _, lo, hi in current)
+            last = n_piece == len(pieces) - 1
+            if not last and rows + (pieces[n_piece + 1][2] - pieces[n_piece + 1][1]) <= block:
+                continue
+            approx = np.empty((len(u), rows), dtype=train.dtype)  # (b, rows)
+            col = 0
+            for a, lo, hi in current:
+                if cached[0] != a:
+                    cached = (a, *query(a))
+                _, q, q_sq = cached
+                # ||q - r_i||^2 = ||q||^2 + ||r_i||^2 - 2 q . r_i
+                approx[:, col : col + hi - lo] = q_sq + sq[lo:hi] - 2.0 * (q @ train[lo:hi].T)
+                col += hi - lo
+            where = np.concatenate([np.arange(lo, hi) for _, lo, hi in current])  # (rows,)
+            v, i = _smallest(approx, None, m)
+            merge(v, where[i] if i is not None else np.broadcast_to(where, v.shape))
+            current = []
         return best_i
 
 
