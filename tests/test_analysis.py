@@ -232,6 +232,11 @@ def test_selection_and_errors(fd):
     )
     with pytest.raises(ShapeError, match="no labels"):
         analyse(nolab)
+    bare_test = FeatureSet(fd.test.features, fd.test.logits, fd.test.labels, "test")
+    partial = FeatureDir(fd.train, bare_test, dict(fd.ood), fd.head)
+    with pytest.raises(ShapeError, match=r"'stage1' was extracted for the train split.*'test'"):
+        analyse(partial, detectors=["mahalanobis"])
+    assert len(analyse(partial, detectors=["mahalanobis"], layer_detectors=[]))
 
 
 def test_layer_keys_and_train_error():

@@ -307,7 +307,7 @@ def analyse(
         layers: measure every pooled layer (NC metrics, decay over depth, detectors).
         max_full_dim: layers wider than this get only the inversion-free NC metrics.
         bootstrap: ``{"n_boot": B, "seed": s}`` to fill ``ci_low``/``ci_high`` of the head's
-            OOD metrics; ``None``: no intervals.
+            OOD metrics and add the paired ``auroc_diff`` rows; ``None``: no intervals.
         scores_out: receives the head's raw scores, keys ``"<detector>/id"`` and
             ``"<detector>/<ood set>"``, ``(n,)`` float64 each.
 
@@ -415,10 +415,32 @@ def analyse(
     return Results(rows, meta)
 
 
-def _layer_detector_rows(fd, oods, lname, key, names, specs, base, note) -> list[dict[str, Any]]:
-    """Feature-space detectors on one pooled layer, a linear probe as its classifier."""
+def _layer_detector_rows(
+    fd: FeatureDir,
+    oods: Mapping[str, FeatureSet],
+    lname: str,
+    key: str,
+    names: Sequence[str],
+    specs: Mapping[str, dict[str, Any]],
+    base: dict[str, Any],
+    note,
+) -> list[dict[str, Any]]:
+    """Feature-space detectors ``names`` on the pooled layer ``key`` (rows named ``lname``).
+
+    The layer's classifier is a linear probe fitted on its train features
+    (:func:`ncood.probe.fit_linear_head`); each detector's hyperparameters come from
+    ``specs`` through its class's :meth:`~ncood.detectors.Detector.params_for_width`. A
+    detector whose fit raises a toolkit error is reported through ``note`` and skipped.
+    """
     z_train = fd.train.layers[key]
     width = z_train.shape[1]
+    lacking = [fs.name or split for split, fs in [("test", fd.test), *oods.items()]
+               if key not in fs.layers]  # fmt: skip
+    if lacking:
+        raise ShapeError(
+            f"layer {key!r} was extracted for the train split but not for {lacking}; extract "
+            "every split with the same layers, or pass layer_detectors=[]"
+        )
     head = fit_linear_head(z_train, fd.train.labels, num_classes=fd.head.num_classes)
     dets = {}
     for name in names:
