@@ -51,6 +51,7 @@ from ncood.detectors import (
     detector_class,
     list_detectors,
 )
+from ncood.detectors.neighbors import _faiss
 from ncood.metrics import auroc, ood_metrics
 from ncood.types import FeatureDir, FeatureSet, LinearHead
 
@@ -311,12 +312,12 @@ def run_detectors(fd, specs, stats):
         specs = {n: (n, {}) for n in specs}
     ood = fd.ood["mix"]
     out, scores = {}, {}
-    for label, (name, params) in specs.items():
+    for label, (name, params, *no_labels) in specs.items():
         det = create_detector(name, **params)
         t0, c0 = time.perf_counter(), time.process_time()
         det.fit(
             fd.train.features if (det.needs_train_features or stats is None) else None,
-            fd.train.labels,
+            None if no_labels and no_labels[0] else fd.train.labels,
             fd.head,
             stats=stats if det.uses_stats else None,
         )
@@ -368,12 +369,14 @@ def cifar_scale(args) -> None:
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # KNN on its own: with the faiss shortlist where installed, and the NumPy path
-    backend = create_detector("knn").fit(fd.train.features[:100], None, fd.head).backend_
-    for b in dict.fromkeys([backend, "numpy"]):
-        one, one_scores = run_detectors(fd, {f"knn[{b}]": ("knn", {"backend": b})}, None)
-        dets.update(one)
-        scores.update(one_scores)
+    # KNN on its own: default (labels -> class anchors, NumPy products), and without
+    # labels (one anchor) with the faiss shortlist where installed
+    knn_specs = {"knn": ("knn", {})}
+    if _faiss() is not None:
+        knn_specs["knn[faiss]"] = ("knn", {"backend": "faiss"}, True)
+    one, one_scores = run_detectors(fd, knn_specs, None)
+    dets.update(one)
+    scores.update(one_scores)
     shared = ", ".join(n for n in names if detector_class(n).uses_stats)
     print(
         f"  class statistics (one pass, shared by {shared}): {stats_wall:.3f} s wall, "
@@ -572,16 +575,19 @@ def knn_scale(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = Path(tmp) / "train_features.npy"
         t0 = time.perf_counter()
-        write_train_file(path, gen, n_train)
+        labels = write_train_file(path, gen, n_train)
         print(f"  wrote {path.name} in {time.perf_counter() - t0:.1f} s")
         train = NpyRows(path)
         x = gen.feature_set(n_query, "test", stream=1).features
         rss0 = max_rss_mib()
-        for backend in ("auto", "numpy"):
+        runs = [("class anchors", labels, "auto")]
+        if _faiss() is not None:
+            runs.append(("one anchor", None, "faiss"))
+        for what, y, backend in runs:
             tracemalloc.start()
             det = create_detector("knn", backend=backend)
             t0 = time.perf_counter()
-            det.fit(train, None, gen.head)
+            det.fit(train, y, gen.head)
             fit_s = time.perf_counter() - t0
             index = det.train_.nbytes + det.train_sq_.nbytes
             t0 = time.perf_counter()
@@ -590,7 +596,7 @@ def knn_scale(args) -> None:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             print(
-                f"  backend {det.backend_:<6} fit {fit_s:7.1f} s, score {score_s:7.1f} s "
+                f"  {what}, {det.backend_:<5} fit {fit_s:7.1f} s, score {score_s:7.1f} s "
                 f"({n_query / score_s:,.0f} queries/s); index {index / MiB:,.0f} MiB, peak "
                 f"NumPy memory {peak / MiB:,.0f} MiB (index + {(peak - index) / MiB:,.0f} MiB "
                 f"working); scores {s.min():.4f}..{s.max():.4f}"
@@ -624,8 +630,6 @@ def main() -> None:
         run(args)
     else:
         from threadpoolctl import threadpool_limits
-
-        from ncood.detectors.neighbors import _faiss
 
         if _faiss() is not None:  # faiss's OpenMP threads too
             _faiss().omp_set_num_threads(args.blas_threads)
