@@ -2,6 +2,9 @@
 
 MSP, MaxLogit and Energy score the logits as they are and need no fit (``fit`` only
 records the head's shape so that ``score`` can check the logit width).
+
+Also the softmax-based round-2 detectors: GEN and Entropy (no fit) and KL-Matching
+(class templates from one pass over the train features).
 """
 
 from __future__ import annotations
