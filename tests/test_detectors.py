@@ -236,6 +236,14 @@ def test_vim_rank_two_caps_the_default_to_one():
     assert create_detector("vim", dim=1).fit(z, y, head).alpha_ == det.alpha_
 
 
+def test_mahalanobis_is_scale_invariant_down_to_tiny_features(data):
+    ref = create_detector("mahalanobis").fit(data.Z, data.y, data.head).score(data.X, data.F)
+    for a in (1e-7, 1e5):
+        det = create_detector("mahalanobis").fit(a * data.Z, data.y, data.head)
+        assert det.rank_ == data.Z.shape[1]
+        np.testing.assert_allclose(det.score(a * data.X, data.F), ref, rtol=1e-9)
+
+
 def test_mahalanobis_large_offset_matches_sklearn(data):
     # post-ReLU-like features far from the origin: the centring on the mean of the class
     # means keeps the ||a||^2 - 2 a.w + ||w||^2 expansion free of cancellation
@@ -353,10 +361,18 @@ def test_neco_constant_features_follow_standardscaler(data, caplog):
     assert "2 train feature(s) are constant" in caplog.text and "[2, 7]" in caplog.text
     assert det.n_constant_ == 2
     np.testing.assert_allclose(det.score(x, data.F), _neco_sklearn(z, x, 6), rtol=1e-9)
-    # a sample that wakes a dead unit grows ||s|| outside the subspace: lower score
+    # a sample that wakes a dead unit grows ||s|| outside the subspace: lower score, as
+    # with StandardScaler's scale 1 for the constant column
     woken = x.copy()
     woken[:, 2] = 5.0
     assert np.all(det.score(woken, data.F) < det.score(x, data.F))
+    np.testing.assert_allclose(det.score(woken, data.F), _neco_sklearn(z, woken, 6), rtol=1e-9)
+    # a single informative feature is enough
+    one = np.zeros_like(z[:, :3])
+    one[:, 1] = z[:, 0]
+    head3 = LinearHead(data.head.weight[:, :3], data.head.bias)
+    single = create_detector("neco", dim=1).fit(one, data.y, head3)
+    assert single.n_constant_ == 2 and single.explained_variance_ == pytest.approx(1.0)
 
 
 def test_knn_matches_sklearn_nearest_neighbors(data):
@@ -534,6 +550,14 @@ def test_nan_inputs_raise(name, blobs):
         ("vim", {"dim": 2.5}, "'dim' parameter of ViM"),
         ("neco", {"dim": 3, "variance": 0.9}, "either 'dim' or 'variance'"),
         ("neco", {"variance": 1.5}, "'variance' parameter of NECO"),
+        (
+            "neco",
+            {"variance": 0.0},
+            r"'variance' parameter of NECO must be a float in the range \(0",
+        ),
+        ("neco", {"variance": -0.5}, "'variance' parameter of NECO"),
+        ("neco", {"dim": 0}, r"'dim' parameter of NECO must be an int in the range \[1"),
+        ("neco", {"dim": 2.5}, "'dim' parameter of NECO must be an int"),
         ("knn", {"k": 0}, "'k' parameter of KNN"),
         ("react", {"percentile": 0}, "'percentile' parameter of ReAct"),
         ("vim", {"dimm": 3}, "no parameter 'dimm' .*did you mean 'dim'"),
@@ -585,10 +609,29 @@ def test_fit_and_score_inputs_are_checked(data):
         vim.score(data.X[:0], data.F[:0])
     with pytest.raises(ShapeError, match=r"features must be a 2-D array .*got shape \(24,\)"):
         vim.score(data.X[0], data.F)
-    with pytest.raises(ShapeError, match=r"in rows 0\.\.199 \(first at index \[7, 2\]\)"):
-        bad = data.X.copy()
-        bad[7, 2] = np.inf
+    bad = data.X.copy()
+    bad[7, 2] = np.inf
+    with pytest.raises(
+        ShapeError, match=r"^features contains 1 NaN/inf value\(s\) in rows 0\.\.199"
+    ):
         vim.score(bad, data.F)
+    with pytest.raises(ShapeError, match=r"\(first at index \[7, 2\]\)"):
+        vim.score(bad, data.F)
+    with pytest.raises(ShapeError, match="^logits contains 200 NaN/inf"):
+        vim.score(data.X, np.where(np.arange(5) == 3, np.nan, data.F))
+    with pytest.raises(ShapeError, match="^train features contains 1 NaN/inf"):
+        create_detector("vim").fit(np.where(bad == np.inf, np.nan, z), y, head)
+    with pytest.raises(ShapeError, match="^logits is required"):
+        vim.score(data.X, None)
+    with pytest.raises(ShapeError, match="^features has 23 features, but vim is expecting 24"):
+        vim.score(data.X[:, :23], data.F)
+    with pytest.raises(
+        ShapeError, match="^features has 23 features, but the head of vim is expecting"
+    ):
+        create_detector("vim").fit(z[:, :23], y, head)
+    # a detector that reads no logits scores without them
+    maha = create_detector("mahalanobis").fit(z, y, head)
+    np.testing.assert_array_equal(maha.score(data.X, None), maha.score(data.X, data.F))
     # lists are arrays too
     np.testing.assert_allclose(
         vim.score(data.X.tolist(), data.F.tolist()), vim.score(data.X, data.F)
