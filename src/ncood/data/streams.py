@@ -817,6 +817,7 @@ def _folder_stream(
         num_workers=num_workers,
         collate_fn=_collate_files,
         prefetch_factor=2 if num_workers else None,
+        pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU async
     )
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -866,6 +867,7 @@ def _dataset_stream(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=_ItemCollate(transform, what),
+        pin_memory=torch.cuda.is_available(),
     )
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
