@@ -579,3 +579,48 @@ def test_evaluate_unknown_option_or_detector_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown detector 'enrgy'"):
         ncood.evaluate(net, train="digits", test="digits", detectors=["enrgy"], out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def _own_penultimate(spec: str, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each family's own penultimate features, computed without ncood."""
+    with torch.no_grad():
+        if spec.startswith("timm:"):
+            return net.forward_head(net.forward_features(x), pre_logits=True)
+        if "mobilenet" in spec:
+            return net.classifier[:3](torch.flatten(net.avgpool(net.features(x)), 1))
+        return avgpool_features(net, x)[0]
+
+
+@pytest.mark.parametrize(
+    "spec", ["timm:resnet18", "torchvision:mobilenet_v3_small", "torchvision:resnet18"]
+)
+def test_evaluate_families_give_their_own_features(spec, tmp_path):
+    """Through ncood.evaluate, a timm model and a model whose head is not `fc` give
+    the features and logits their own code computes on the same images."""
+    if spec.startswith("timm:"):
+        pytest.importorskip("timm")
+    import ncood
+    from ncood.types import load_feature_dir
+
+    torch.manual_seed(0)
+    model = load_model(spec, num_classes=10, input_size=32)
+    res = ncood.evaluate(
+        model,
+        train="fashion_mnist",
+        test="fashion_mnist",
+        ood=["digits"],
+        detectors=["msp"],
+        layers=[],
+        max_train_samples=60,
+        max_test_samples=20,
+        max_ood_samples=20,
+        out=tmp_path / "out",
+        num_workers=0,
+    )
+    assert 0.0 <= res.value(metric="auroc", detector="msp", ood="digits") <= 1.0
+    fd = load_feature_dir(tmp_path / "out" / "features")
+    x = model.transform(load_images("fashion_mnist", "test", n=20, seed=0).images)
+    net = model.model.eval()
+    np.testing.assert_allclose(fd.test.features, _own_penultimate(spec, net, x), atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(fd.test.logits, net(x), rtol=1e-5, atol=1e-5)
