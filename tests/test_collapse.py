@@ -617,10 +617,12 @@ def test_rebased_and_merged_statistics_are_exact():
     np.testing.assert_allclose(
         merged.sq_norms, [np.sum(zc[y == k] ** 2) for k in range(3)], rtol=1e-12
     )
-    target = np.arange(5.0)
+    target = np.arange(5)  # integers: the shift is stored as float64
     moved = b.rebased(target)
     zt = z[25:] - target
-    assert np.array_equal(moved.shift, target) and moved.has_second_moment
+    assert np.array_equal(moved.shift, target) and moved.shift.dtype == np.float64
+    assert moved.has_second_moment and np.array_equal(moved.counts, b.counts)
+    np.testing.assert_allclose(moved.means, b.means, rtol=1e-14)
     np.testing.assert_allclose(moved.second, zt.T @ zt, rtol=1e-12)
     light = ClassStats.from_features(z, y, 3, second_moment=False)
     assert not light.rebased(target).has_second_moment
@@ -630,6 +632,28 @@ def test_rebased_and_merged_statistics_are_exact():
         np.testing.assert_allclose(empty_first.means, a.means, rtol=1e-14)
         np.testing.assert_allclose(empty_first.within_cov(), a.within_cov(), rtol=1e-12)
         assert empty_first.n == a.n
+
+
+def test_covariances_against_numpy():
+    z, y, _ = clustered(c=3, d=4, per=12, spread=1.5, offset=6.0, seed=70, sizes=[1, 20, 9])
+    stats = ClassStats.from_features(z, y, 3)
+    u = np.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(stats.scatter_about(u), (z - u).T @ (z - u), rtol=1e-12)
+    np.testing.assert_allclose(stats.total_cov(), np.cov(z.T, bias=True), rtol=1e-12)
+    mus = np.stack([z[y == k].mean(axis=0) for k in range(3)])
+    r = z - mus[y]
+    np.testing.assert_allclose(stats.within_scatter(), r.T @ r, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.within_cov(), r.T @ r / len(y), rtol=1e-12, atol=1e-12)
+    # a class of one sample has a mean and zero spread
+    np.testing.assert_allclose(stats.centred_means(), mus - mus.mean(axis=0), atol=1e-12)
+    var = stats.class_variances()
+    assert var[0] == pytest.approx(0.0, abs=1e-12) and var[1] > 0
+    assert stats.mean == pytest.approx(z.mean(axis=0), rel=1e-12)
+    assert stats.global_mean == pytest.approx(mus.mean(axis=0), rel=1e-12)
+    copy = stats.copy()
+    copy.sums[0, 0] += 1.0
+    copy.second[0, 0] += 1.0
+    assert stats.sums[0, 0] != copy.sums[0, 0] and stats.second[0, 0] != copy.second[0, 0]
 
 
 def test_statistics_vector_round_trip_and_batches():

@@ -16,6 +16,7 @@ not fit; it supports everything except the covariance methods.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -200,10 +201,10 @@ class ClassStats:
     # ------------------------------------------------------------------ merging
     def rebased(self, shift: np.ndarray) -> ClassStats:
         """The same statistics expressed about another ``shift`` (exact)."""
-        shift = np.asarray(shift, dtype=np.float64)
-        out = ClassStats(self.num_classes, self.dim, shift, second_moment=self.has_second_moment)
-        out.counts = self.counts.copy()
-        if self.shift is None:
+        shift = np.array(shift, dtype=np.float64)  # a float64 copy
+        out = self.copy()
+        out.shift = shift
+        if self.shift is None:  # no sample yet: all sums are zero about any shift
             return out
         a = self.shift - shift  # z - new = (z - old) + a
         total = self.sums.sum(axis=0)
@@ -240,11 +241,8 @@ class ClassStats:
     __add__ = merge
 
     def copy(self) -> ClassStats:
-        out = ClassStats(self.num_classes, self.dim, self.shift, second_moment=False)
-        out.counts, out.sums = self.counts.copy(), self.sums.copy()
-        out.sq_norms = self.sq_norms.copy()
-        out.second = None if self.second is None else self.second.copy()
-        return out
+        """An independent copy (arrays included)."""
+        return copy.deepcopy(self)
 
     def to_vector(self) -> np.ndarray:
         """Flatten the additive parts (for an all-reduce sum; the shift must be shared)."""
