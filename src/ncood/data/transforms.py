@@ -92,22 +92,27 @@ def to_model_input(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
-def cover_box(h: int, w: int, th: int, tw: int) -> tuple[int, int, int, int]:
-    """The resize that covers ``th x tw`` and the centred crop: ``(new_h, new_w, top, left)``.
+def cover_box(
+    h: int, w: int, th: int, tw: int, *, resize: int | None = None
+) -> tuple[int, int, int, int]:
+    """A resize and the centred ``th x tw`` crop after it: ``(new_h, new_w, top, left)``.
 
-    The one geometry of both resizes in ncood (:func:`resize_square` on float batches,
-    :func:`ncood.data.formats.decode_images` on image files). A square target follows
-    torchvision's ``Resize(th)`` + ``CenterCrop(th)``: the shorter side becomes ``th``,
-    the longer ``int(th * long / short)``; any other target scales by
-    ``max(th / h, tw / w)`` (rounded, at least the target). The crop offset is
-    ``round((new - target) / 2)``, as torchvision's ``center_crop``.
+    The one resize geometry of ncood (:func:`resize_square` on float batches,
+    :func:`ncood.data.formats.decode_images` on image files, the evaluation transforms of
+    :mod:`ncood.data.streams`). With ``resize`` (torchvision's ``Resize(resize)`` +
+    ``CenterCrop``, e.g. 256 then 224) or a square target (``resize = th``) the shorter
+    side becomes ``resize`` and the longer ``int(resize * long / short)``; any other
+    target scales by ``max(th / h, tw / w)`` (rounded, at least the target). The crop
+    offset is ``round((new - target) / 2)``, as torchvision's ``center_crop``.
     """
-    if (h, w) == (th, tw):
-        return h, w, 0, 0
-    if th == tw:
+    if resize is None and th == tw:
+        resize = th
+    if resize is not None:
         short, long = min(h, w), max(h, w)
-        new_long = int(th * long / short)
-        nh, nw = (th, new_long) if h <= w else (new_long, th)
+        new_long = int(resize * long / short) if short != resize else long
+        nh, nw = (resize, new_long) if h <= w else (new_long, resize)
+    elif (h, w) == (th, tw):
+        nh, nw = h, w
     else:
         scale = max(th / h, tw / w)
         nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
