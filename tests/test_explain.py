@@ -402,3 +402,118 @@ def test_example_images_reread_the_extracted_rows(real):
     short = FeatureSet(np.zeros((10, 2)), np.zeros((10, 3)), None, "x", meta=fs.meta)
     with pytest.raises(ShapeError, match="re-run the extraction"):
         E.example_images(short, [0], (1, 28, 28))
+
+
+def test_attributions_of_the_examples_end_to_end(real):
+    """explain_features + explain_attributions on a real model's features: the saved
+    images are the examples' images, one map per attributed example, gaps as recomputed."""
+    from ncood.data import load_images
+
+    model, _, _ = real
+
+    def fs_of(name, n, labelled):
+        a = load_images(name, "test", n=n, seed=0, shape=(1, 28, 28), download=False)
+        x = (a.images.float() / 255 - 0.286) / 0.353
+        with torch.no_grad():
+            z = model.forward_features(x)
+            f = model.forward_head(z)
+        meta = {"dataset": name, "split": "test", "subset": {"n": n, "seed": 0}}
+        return FeatureSet(
+            z.numpy(), f.numpy(), a.labels.numpy() if labelled else None, name, meta=meta
+        ), a
+
+    train, _ = fs_of("fashion_mnist", 64, True)
+    digits, digit_images = fs_of("digits", 40, False)
+    fd = FeatureDir(train, train, {"digits": digits}, model.get_head(), meta={"epoch": 2})
+    dets = {"energy": {}, "neco": {"dim": 8}}
+    neco = create_detector("neco", dim=8).fit(train.features, train.labels, fd.head)
+    scores = {
+        "energy/id": create_detector("energy").score(None, train.logits),
+        "energy/digits": create_detector("energy").score(None, digits.logits),
+        "neco/id": neco.score(train.features, None),
+        "neco/digits": neco.score(digits.features, None),
+    }
+    res = E.explain_features(fd, detectors=dets, scores=scores, k=3, regime="r")
+
+    def tf(im):
+        return (im.float() / 255 - 0.286) / 0.353
+
+    rows, arrays = E.explain_attributions(
+        model, fd, res, neco=neco, transform=tf, shape=(1, 28, 28), ig_k=1, n_steps=16,
+        regime="r",
+    )  # fmt: skip
+    ex = res.select(metric="example_score", ood="digits")
+    idx = sorted(set(ex["j"].astype(int)))
+    np.testing.assert_array_equal(arrays["digits/index"], idx)
+    np.testing.assert_array_equal(arrays["digits/images"], digit_images.images[idx].numpy())
+    got = Results(rows)
+    for det in ("energy", "neco"):
+        top = int(ex[(ex["detector"] == det) & (ex["i"] == 0)]["j"].iloc[0])
+        assert arrays[f"ig/{det}/digits/index"].tolist() == [top]
+        assert arrays[f"ig/{det}/digits"].shape == (1, 28, 28)
+        fn = E.energy_score_fn(model) if det == "energy" else E.neco_score_fn(model, neco)
+        x = tf(digit_images.images[[top]])
+        with torch.no_grad():
+            gap = float(fn(x) - fn(torch.zeros_like(x)))
+        assert got.value(metric="ig_score_gap", detector=det, ood="digits") == pytest.approx(
+            gap, rel=1e-5
+        )
+        err = got.value(metric="ig_completeness_error", detector=det, ood="digits")
+        assert err == pytest.approx(
+            abs(arrays[f"ig/{det}/digits"].sum() - gap) / abs(gap), rel=1e-2, abs=1e-4
+        )
+    # the parameters are trainable again afterwards
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------------- report part
+def test_figures_and_findings_quote_the_rows(fd, res):
+    from ncood.report import explain_figures as X
+
+    figs = [
+        X.spectrum_figure(res, "r"),
+        X.prediction_figure(res, "r", None),
+        X.confidence_figure(res, "r"),
+        X.gram_figure(res, "r", None),
+        X.plane_figure(res, "r", list("abcd")),
+        X.units_figure(res, "r"),
+    ]
+    assert all(f is not None for f in figs)
+    index = np.asarray(sorted(set(res.select(metric="example_score", ood="far")["j"])))
+    arrays = {"r/far/images": np.zeros((len(index), 1, 8, 8), np.uint8), "r/far/index": index}
+    assert X.example_grid(res, "r", arrays, "far") is not None
+    assert X.example_grid(res, "r", arrays, "near") is None  # no images saved
+    items = X.explain_findings(res, "r", ["a", "b", "c", "d"])
+    pf = res.select(metric="pred_fraction", ood="far").sort_values("value").iloc[-1]
+    absorb = [t for t in items if t.startswith("far (r):") and "absorbs" in t][0]
+    assert f"class {int(pf['i'])} ({'abcd'[int(pf['i'])]}) absorbs {100 * pf['value']:.1f}%" in (
+        absorb
+    )
+    neco_id = res.value(metric="top_energy_fraction", detector="neco", ood=None)
+    neco_far = res.value(metric="top_energy_fraction", detector="neco", ood="far")
+    verdict = "holds" if neco_id > neco_far else "does not hold"
+    assert any(t.startswith(f"NECO's premise {verdict} on far") for t in items)
+    assert any(f"{100 * neco_far:.1f}% for far" in t for t in items)
+
+
+def test_findings_say_a_premise_fails_when_the_numbers_say_so():
+    from ncood.report.explain_figures import explain_findings
+    from ncood.results import row
+
+    k = {"regime": "r", "epoch": 1, "layer": PENULTIMATE}
+    rows = [
+        row("pred_fraction", 1.0, ood="o", i=0, **k),
+        row("pred_msp_mean", 0.5, ood="o", i=0, **k),
+        row("top_energy_fraction", 0.6, detector="neco", **k),
+        row("top_energy_fraction", 0.7, detector="neco", ood="o", **k),
+        row("subspace_dim", 3, detector="neco", **k),
+        row("residual_energy_fraction", 0.2, detector="vim", **k),
+        row("residual_energy_fraction", 0.1, detector="vim", ood="o", **k),
+        row("residual_norm", 1.0, detector="vim", **k),
+        row("residual_norm", 0.5, detector="vim", ood="o", **k),
+        row("subspace_dim", 5, detector="vim", **k),
+    ]
+    items = explain_findings(Results(rows), "r")
+    assert any(t.startswith("NECO's premise does not hold on o") and "60.0%" in t for t in items)
+    assert any(t.startswith("ViM's premise does not hold on o") and "10.00%" in t for t in items)
+    assert not any("holds on" in t and "not" not in t for t in items)

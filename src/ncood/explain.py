@@ -48,6 +48,7 @@ chunks, so memory-mapped caches are never loaded whole. Analyses, per network:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -76,6 +77,9 @@ EXCEED_QUANTILE = 0.99
 TOP_K = 6
 #: Default number of sample points per split in the class-mean plane.
 PLANE_POINTS = 150
+#: Examples per detector and split that get Integrated Gradients, and its quadrature
+#: points (completeness error 0.2-7% at 32-128 steps on resnet_narrow; the rows record it).
+IG_TOP_K, IG_STEPS = 2, 48
 #: Example kinds (``params={"kind": ...}``).
 OOD_MOST_ID, ID_MOST_OOD = "ood_most_id", "id_most_ood"
 CAPTUM_EXTRA = "install it with `pip install 'ncood[explain]'` (or `pip install captum`)"
@@ -633,6 +637,7 @@ def integrated_gradients(
     baseline=None,
     n_steps: int = 32,
     internal_batch_size: int | None = 64,
+    params=None,
 ):
     """Integrated Gradients of a scalar score per sample w.r.t. the input image.
 
@@ -646,6 +651,9 @@ def integrated_gradients(
         x: model input ``(n, C, H, W)`` (already normalised).
         baseline: same shape, or ``None`` for zeros (the mean image of the normalisation).
         n_steps: quadrature points.
+        internal_batch_size: path points per forward/backward pass (captum's).
+        params: the model's parameters, switched out of autograd during the attribution
+            (only input gradients are needed); ``None``: left as they are.
 
     Returns:
         ``(attributions (n, C, H, W) tensor, delta (n,) tensor)``; ``delta = sum(attr) -
@@ -664,14 +672,29 @@ def integrated_gradients(
         )
     base = torch.zeros_like(x) if baseline is None else baseline
     ig = ig_cls(score_fn)
-    attr, delta = ig.attribute(
-        x,
-        baselines=base,
-        n_steps=n_steps,
-        internal_batch_size=internal_batch_size,
-        return_convergence_delta=True,
-    )
+    with _frozen(params or ()):
+        attr, delta = ig.attribute(
+            x,
+            baselines=base,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
     return attr.detach(), delta.detach()
+
+
+@contextlib.contextmanager
+def _frozen(params):
+    """Parameters with ``requires_grad`` off (weight gradients are not needed: ~1.5x
+    faster backward passes on CPU), restored afterwards."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def example_images(
@@ -727,7 +750,8 @@ def explain_attributions(
     shape: tuple[int, int, int],
     root=None,
     allow_subset: bool = False,
-    n_steps: int = 32,
+    ig_k: int = IG_TOP_K,
+    n_steps: int = IG_STEPS,
     **keys: Any,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Images of the example rows and Integrated Gradients of the energy and NECO scores.
@@ -741,6 +765,7 @@ def explain_attributions(
             checkpoint's ``InputSpec``).
         shape: the model's input ``(C, H, W)`` (how the images are re-read).
         root, allow_subset: where the data is, as for the extraction.
+        ig_k: attributions for the ``ig_k`` top examples per detector and split.
         n_steps: quadrature points of Integrated Gradients.
         **keys: regime, seed, epoch of the rows.
 
@@ -772,6 +797,7 @@ def explain_attributions(
         device = next(model.parameters()).device
     except (StopIteration, AttributeError):
         device = torch.device("cpu")
+    params = list(model.parameters()) if hasattr(model, "parameters") else None
     fns = {"energy": energy_score_fn(model)}
     if neco is not None:
         fns["neco"] = neco_score_fn(model, neco)
@@ -782,13 +808,13 @@ def explain_attributions(
                 (df["detector"] == det)
                 & (df["ood"].isna() if split == "id" else df["ood"] == split)
             ]
-            idx = sel.sort_values("i")["j"].astype(int).tolist()
+            idx = sel.sort_values("i")["j"].astype(int).tolist()[:ig_k]
             if not idx:
                 continue
             x = transform(torch.stack([by_index[j] for j in idx])).to(device)
             with torch.no_grad():
                 gap = (fn(x) - fn(torch.zeros_like(x))).double().cpu().numpy()
-            attr, delta = integrated_gradients(fn, x, n_steps=n_steps)
+            attr, delta = integrated_gradients(fn, x, n_steps=n_steps, params=params)
             arrays[f"ig/{det}/{split}"] = attr.sum(dim=1).float().cpu().numpy()
             arrays[f"ig/{det}/{split}/index"] = np.asarray(idx, dtype=np.int64)
             err = np.abs(delta.double().cpu().numpy()) / np.maximum(np.abs(gap), 1e-12)
