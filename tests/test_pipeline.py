@@ -1,12 +1,14 @@
-"""`ncood run` end to end on a tiny config: determinism, reuse of finished stages, report."""
+"""`ncood run` end to end on a tiny config: determinism, reuse of finished stages, outputs."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ncood.config import RunConfig, from_dict
+from ncood.results import Results
 
 TINY = {
     "name": "tiny",
@@ -21,41 +23,98 @@ TINY = {
     },
     "training": {"precision": "fp32", "max_test_samples": 200, "snapshots": [0, 1]},
     "regimes": {"standard": {"epochs": 1}, "memorize": {"epochs": 1}},
+    "collapse": {"snapshot_test_samples": 100},
+    "bootstrap": {"n_boot": 50, "seed": 0},
 }
 
-VOLATILE = ("created", "durations")
+#: Timings: the only values that may differ between two runs of the same config.
+VOLATILE_METRICS = ("seconds", "images_per_s")
+VOLATILE_META = ("created", "durations", "config")
 
 
-def _stable(results: dict) -> dict:
-    out = {k: v for k, v in results.items() if k not in VOLATILE}
-    out["config"] = {k: v for k, v in out["config"].items() if k != "output"}
-    for reg in out["regimes"].values():
-        for row in reg["history"]:
-            row.pop("seconds", None)
-            row.pop("images_per_s", None)
-    return out
+@pytest.fixture()
+def report_calls(monkeypatch):
+    """The report's functions replaced by recorders (the report has its own tests)."""
+    import ncood.report
+
+    calls = {"write_report": [], "findings": [], "terminal_summary": []}
+
+    def write_report(results, directory, scores=None):
+        calls["write_report"].append((results, Path(directory), scores))
+        path = Path(directory) / "report.html"
+        path.write_text("<html></html>")
+        return {"html": path}
+
+    def findings(results):
+        calls["findings"].append(results)
+        return [f"{len(results)} rows"]
+
+    def terminal_summary(results):
+        calls["terminal_summary"].append(results)
+        return "OOD detection (summary)"
+
+    monkeypatch.setattr(ncood.report, "write_report", write_report)
+    monkeypatch.setattr(ncood.report, "findings", findings)
+    monkeypatch.setattr(ncood.report, "terminal_summary", terminal_summary)
+    return calls
+
+
+def _stable(res: Results):
+    df = res.to_frame()
+    df = df[~df["metric"].isin(VOLATILE_METRICS)].reset_index(drop=True)
+    meta = {k: v for k, v in res.meta.items() if k not in VOLATILE_META}
+    return df, meta
 
 
 @pytest.mark.slow
-def test_same_config_and_seed_give_identical_results_and_rerun_reuses(tmp_path, capsys):
+def test_same_config_and_seed_give_identical_results_and_rerun_reuses(
+    tmp_path, capsys, report_calls
+):
     from ncood.cli.main import main
     from ncood.pipeline import run
 
     cfg: RunConfig = from_dict(RunConfig, TINY)
     first = run(cfg, output=tmp_path / "a")
     second = run(cfg, output=tmp_path / "b")
-    assert json.dumps(_stable(first), sort_keys=True) == json.dumps(_stable(second), sort_keys=True)
+    (df1, meta1), (df2, meta2) = _stable(first), _stable(second)
+    assert df1.equals(df2) and meta1 == meta2
 
-    # every section of the report and the schema-valid results are on disk
+    # the table and its metadata on disk, the raw scores, the report from the same results
     out = tmp_path / "a"
-    for name in ("results.json", "scores.npz", "report.md", "report.html"):
+    for name in ("results.csv", "run.json", "scores.npz", "report.html"):
         assert (out / name).is_file(), name
-    on_disk = json.loads((out / "results.json").read_text())
-    assert _stable(on_disk) == json.loads(json.dumps(_stable(first)))
-    assert set(on_disk["regimes"]) == {"standard", "memorize"}
-    for reg in on_disk["regimes"].values():
-        assert set(reg["ood"]) == {"msp", "maxlogit", "energy", "mahalanobis", "vim", "neco"}
-        assert reg["across_training"]["epochs"] == [0, 1]
+    on_disk = Results.load(out)
+    assert on_disk.to_frame().equals(first.to_frame())
+    assert on_disk.meta["findings"] == [f"{len(first)} rows"]
+    written, directory, scores = report_calls["write_report"][0]
+    assert directory == out and written is first
+    with np.load(out / "scores.npz") as npz:
+        assert set(npz.files) == set(scores)
+        np.testing.assert_array_equal(npz["standard/vim/id"], scores["standard/vim/id"])
+    assert "memorize/neco/gaussian_noise" in scores and len(scores["standard/msp/id"]) == 200
+
+    # what the run measured: every regime, detector, snapshot, layer
+    res = first
+    assert res.values("regime") == ["standard", "memorize"]
+    assert res.values("detector", layer="penultimate") == [
+        "msp",
+        "maxlogit",
+        "energy",
+        "mahalanobis",
+        "vim",
+        "neco",
+    ]
+    assert res.values("epoch", metric="nc1", layer="penultimate", regime="standard") == [1, 0]
+    # OOD detection at the snapshot too (issue 11), on the snapshot's test subset
+    snap = res.select(metric="auroc", epoch=0, layer="penultimate", regime="memorize")
+    assert len(snap) == 6 * 2 and set(snap["n_id"]) == {100}
+    assert set(res.values("layer", metric="auroc", epoch=0)) >= {"stem", "layer1", "penultimate"}
+    # intervals on the final networks only (bootstrap.every_snapshot is false)
+    final = res.select(metric="auroc", epoch=1, layer="penultimate")
+    assert final["ci_low"].notna().all() and snap["ci_low"].isna().all()
+    assert res.values("epoch", metric="train_acc", regime="standard") == [1]
+    assert res.meta["networks"][0]["checkpoint"] == "regimes/standard/train/last.pt"
+    assert res.meta["notes"] == [] and "fpr95" in res.meta["conventions"]
 
     # re-running the same config in the same directory reuses checkpoints and features
     ckpt = out / "regimes" / "standard" / "train" / "last.pt"
@@ -68,5 +127,54 @@ def test_same_config_and_seed_give_identical_results_and_rerun_reuses(tmp_path, 
     printed = capsys.readouterr().out
     assert "OOD detection" in printed and "report.html" in printed
     assert ckpt.stat().st_mtime_ns == mtime
-    third = json.loads((out / "results.json").read_text())
-    assert json.dumps(_stable(third), sort_keys=True) == json.dumps(_stable(first), sort_keys=True)
+    third = Results.load(out)
+    df3, meta3 = _stable(third)
+    assert df3.equals(df1) and meta3 == meta1
+
+
+@pytest.mark.slow
+def test_several_seeds_train_each_regime_once_per_seed(tmp_path, report_calls):
+    from ncood.pipeline import run
+
+    cfg = from_dict(
+        RunConfig,
+        {
+            **TINY,
+            "seeds": [0, 1],
+            "data": {**TINY["data"], "train_samples": 200, "test_samples": 100, "ood_samples": 50},
+            "training": {"precision": "fp32", "max_test_samples": 100, "snapshots": []},
+            "regimes": {"standard": {"epochs": 1}},
+            "detectors": {"maxlogit": {}, "mahalanobis": {}},
+            "collapse": {"across_training": False},
+            "bootstrap": {"n_boot": 0},
+        },
+    )
+    res = run(cfg, output=tmp_path)
+    for seed in (0, 1):
+        assert (tmp_path / "regimes" / "standard" / f"seed_{seed}" / "train" / "last.pt").is_file()
+    assert res.values("seed") == [0, 1]
+    pen = {"metric": "auroc", "detector": "mahalanobis", "ood": "digits", "layer": "penultimate"}
+    a = res.value(seed=0, **pen)
+    b = res.value(seed=1, **pen)
+    assert a != b  # two networks, two subsets
+    summary = res.seed_summary(metric="auroc", layer="penultimate")
+    assert set(summary["n"]) == {2}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"seeds": [0, 0]}, "lists a seed twice"),
+        ({"bootstrap": {"n_boot": -1}}, "n_boot must be >= 0"),
+        ({"collapse": {"snapshot_test_samples": 0}}, "snapshot_test_samples must be >= 1"),
+    ],
+)
+def test_run_seeds_refuses_bad_analysis_settings(tmp_path, change, match):
+    from ncood.errors import ConfigError
+    from ncood.pipeline import run_seeds
+
+    cfg = from_dict(RunConfig, {**TINY, **change})
+    with pytest.raises(ConfigError, match=match):
+        run_seeds(cfg)
+    assert from_dict(RunConfig, {**TINY, "seeds": [3, 1]}).seeds == [3, 1]
+    assert run_seeds(from_dict(RunConfig, TINY)) == [0]

@@ -1,10 +1,12 @@
 """``ncood run``: the reference experiment end to end.
 
-For each training regime of the config: train (or load, or resume), extract features
-(cached), fit and score every detector on every OOD set, measure neural collapse of the
-penultimate layer and of every stage, score feature-space detectors per layer, and
-measure collapse at every training snapshot. Then write ``results.json`` (schema in
-``docs/results_schema.md``), ``scores.npz`` and the report.
+For each seed and training regime of the config: train (or load, or resume), extract
+features (cached), and measure the network with :func:`ncood.analysis.analyse` (every
+detector on every OOD set, neural collapse of the penultimate layer and of every stage,
+feature-space detectors per layer); then the same at every training snapshot. All of it
+is one :class:`~ncood.results.Results` table, written as ``results.csv`` + ``run.json``
+(``docs/results_schema.md``), beside ``scores.npz`` (raw scores of the final networks,
+for the report's figures) and the report.
 
 Re-running with the same config reuses finished stages: a finished training run is
 loaded, an unfinished one resumed from ``last.pt``, features come from the cache.
@@ -14,11 +16,11 @@ Only one process may write an output directory at a time (``.lock``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,30 +29,15 @@ from typing import Any
 import numpy as np
 
 from ncood import __version__
-from ncood.config import RunConfig
+from ncood.analysis import analyse, history_rows, snapshot_checkpoints
+from ncood.config import RunConfig, check_run_config, regime_train_dict
 from ncood.errors import ConfigError, NcoodError
-from ncood.io import atomic_open, write_json
+from ncood.io import atomic_open, safe_name
+from ncood.metrics import CONVENTIONS
+from ncood.results import Results
 from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
-
-CONVENTIONS = {
-    "positive": "ID (in-distribution) is the positive class",
-    "score_sign": "every detector score: higher = more in-distribution",
-    "fpr95": (
-        "FPR@95%TPR: with k = floor(0.95 * n_id), the threshold is the k-th largest ID score; "
-        "fpr95 = fraction of OOD samples with score >= threshold"
-    ),
-    "fpr95_oodpos": (
-        "OpenOOD v1.5 convention (OOD positive): fraction of ID samples rejected when 95% of "
-        "OOD samples are caught"
-    ),
-    "auroc": "trapezoidal area under the ROC curve, ties grouped (scikit-learn roc_curve)",
-    "aupr": (
-        "AUPR-In: ID positive, ranked by score; AUPR-Out: OOD positive, ranked by -score; "
-        "trapezoidal area under precision_recall_curve (ties grouped)"
-    ),
-}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -114,6 +101,8 @@ class Timer:
 def environment(device: str) -> dict[str, Any]:
     import torch
 
+    from ncood.distributed import resolve_device  # "auto" -> the device actually used
+
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,13 +117,42 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "device": device,
+        "device": str(resolve_device(device)),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
 # --------------------------------------------------------------------------- stages
-def train_regime(cfg: RunConfig, regime: str, overrides: dict[str, Any], out: Path) -> Path:
+def run_seeds(cfg: RunConfig) -> list[int]:
+    """The seeds a run trains each regime with: ``cfg.seeds``, else ``[cfg.seed]``.
+
+    Raises:
+        ConfigError: a seed listed twice, or bad bootstrap / snapshot sizes.
+    """
+    seeds = list(cfg.seeds) if cfg.seeds else [int(cfg.seed)]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config.seeds lists a seed twice: {seeds}; list each seed once")
+    if cfg.bootstrap.n_boot < 0:
+        raise ConfigError(
+            f"config.bootstrap.n_boot must be >= 0 (0 = no intervals); got {cfg.bootstrap.n_boot}"
+        )
+    for key in ("snapshot_test_samples", "snapshot_ood_samples"):
+        n = getattr(cfg.collapse, key)
+        if n is not None and n < 1:
+            raise ConfigError(f"config.collapse.{key} must be >= 1 or null; got {n}")
+    return seeds
+
+
+def train_dir(out: Path, regime: str, seed: int, *, several_seeds: bool) -> Path:
+    """Where a regime's training run lives: ``regimes/<regime>/train``, or
+    ``regimes/<regime>/seed_<s>/train`` when the config has several seeds."""
+    base = out / "regimes" / safe_name(regime)  # a config key is never a path
+    return (base / f"seed_{seed}" if several_seeds else base) / "train"
+
+
+def train_regime(
+    cfg: RunConfig, regime: str, overrides: dict[str, Any], run_dir: Path, seed: int
+) -> Path:
     """Train one regime (or reuse/resume its run); return the final checkpoint path."""
     from ncood.train import TrainConfig, load_checkpoint, train
     from ncood.train.config import resume_conflicts
@@ -149,21 +167,8 @@ def train_regime(cfg: RunConfig, regime: str, overrides: dict[str, Any], out: Pa
         load_checkpoint(path)  # validates
         return path
     tc = TrainConfig.from_dict(
-        {
-            "model": cfg.model,
-            "dataset": cfg.data.id,
-            "data_root": cfg.data.root,
-            "regime": regime,
-            "max_train_samples": cfg.data.train_samples,
-            "seed": cfg.seed,
-            "device": cfg.device,
-            "allow_subset": cfg.data.allow_subset,
-            **({"model_kwargs": cfg.model_kwargs} if cfg.model_kwargs else {}),
-            **cfg.training,
-            **overrides,
-        }
+        regime_train_dict(dataclasses.replace(cfg, seed=seed), regime, overrides)
     )
-    run_dir = out / "regimes" / regime / "train"
     last = run_dir / "last.pt"
     if last.exists() and resume_conflicts(load_checkpoint(last).get("config", {}), tc):
         stale = run_dir.with_name(f"train.stale-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -173,246 +178,195 @@ def train_regime(cfg: RunConfig, regime: str, overrides: dict[str, Any], out: Pa
     return train(tc, run_dir, resume=True).checkpoint
 
 
-def score_detectors(
-    fd: FeatureDir, detectors: dict[str, dict[str, Any]]
-) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
-    """Fit every detector on the train features; score ID test and each OOD set.
-
-    Returns:
-        ``(metrics[detector][ood], scores["detector/split"], params[detector])``.
-    """
-    from ncood.detectors.evaluate import evaluate
-
-    scores: dict[str, np.ndarray] = {}
-    res = evaluate(fd, detectors, scores_out=scores)["detectors"]
-    metrics = {name: r["ood"] for name, r in res.items()}
-    params = {name: r["params"] for name, r in res.items()}
-    return metrics, scores, params
-
-
-def layer_ood_auroc(
-    fd: FeatureDir, detectors: list[str], params: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, dict[str, float]]]:
-    """AUROC of feature-space detectors on each stage's pooled features.
-
-    Layers without their own classifier get a logistic-regression probe fitted on that
-    layer's train features (for ViM's virtual logit); the penultimate layer uses the
-    network's own head.
-    """
-    from ncood.collapse.depth import layer_keys
-    from ncood.detectors import create_detector
-    from ncood.metrics import auroc
-    from ncood.probe import fit_linear_head
-
-    out: dict[str, dict[str, dict[str, float]]] = {}
-
-    def pick(fs: FeatureSet, key: str | None) -> np.ndarray:
-        return fs.features if key is None else fs.layers[key]
-
-    for layer, key in layer_keys(fd.train).items():
-        z_train, z_test = pick(fd.train, key), pick(fd.test, key)
-        head = fd.head if key is None else fit_linear_head(z_train, fd.train.labels)
-        out[layer] = {}
-        for name in detectors:
-            hp = dict(params.get(name, {}))
-            d = z_train.shape[1]
-            if "dim" in hp and hp["dim"] is not None and hp["dim"] >= d:
-                hp["dim"] = max(1, d // 2)
-            try:
-                det = create_detector(name, **hp).fit(z_train, fd.train.labels, head)
-            except NcoodError as exc:
-                log.warning("layer %s: %s cannot be fitted (%s)", layer, name, exc)
-                continue
-            id_s = det.score(z_test, head.logits(z_test))
-            out[layer][name] = {}
-            for ood_name, ood in fd.ood.items():
-                z_ood = pick(ood, key)
-                out[layer][name][ood_name] = auroc(id_s, det.score(z_ood, head.logits(z_ood)))
-    return out
-
-
-def _offdiag(pairs: np.ndarray, c: int) -> list[float]:
-    """Row-major off-diagonal ``(C (C-1),)`` from upper-triangle pair values."""
-    full = np.zeros((c, c))
-    full[np.triu_indices(c, k=1)] = pairs
-    full = full + full.T
-    return full[~np.eye(c, dtype=bool)].tolist()
-
-
-def collapse_block(m: dict[str, Any]) -> dict[str, Any]:
-    """A :func:`collapse_metrics` dict in the results.json layout (scalars + per-class arrays)."""
-    from ncood.collapse import to_jsonable
-
-    c = int(m["num_classes"])
-    arrays = {k for k, v in m.items() if isinstance(v, np.ndarray)}
-    block = to_jsonable({k: v for k, v in m.items() if k not in arrays})
-    block["per_class"] = {
-        "within_variance": np.asarray(m["within_class_variance"]).tolist(),
-        "weight_mean_cos": np.asarray(m["weight_mean_cosine"]).tolist(),
-        "counts": np.asarray(m["counts"]).tolist(),
-        "mean_norms": np.asarray(m["mean_norms"]).tolist(),
-        "weight_norms": np.asarray(m["weight_norms"]).tolist(),
-    }
-    block["cos_means_offdiag"] = _offdiag(np.asarray(m["mean_cosines"]), c)
-    block["cos_weights_offdiag"] = _offdiag(np.asarray(m["weight_cosines"]), c)
-    block["mean_distances"] = np.asarray(m["mean_distances"]).tolist()
-    return block
-
-
-def collapse_of(fd: FeatureDir) -> tuple[dict, dict, dict, dict]:
-    """NC1-NC4 of the penultimate train features and NC5 per OOD set (one stats pass)."""
-    from ncood.collapse import ClassStats, collapse_metrics, nc5, nc5_centred
-
-    z, y = fd.train.features, fd.train.labels
-    stats = ClassStats.from_features(z, y, fd.head.num_classes)
-    m = collapse_metrics(z, y, fd.head, stats=stats)
-    n5 = {k: nc5(None, None, v.features, stats=stats) for k, v in fd.ood.items()}
-    n5c = {k: nc5_centred(None, None, v.features, stats=stats) for k, v in fd.ood.items()}
-    return m, collapse_block(m), n5, n5c
-
-
-DEPTH_KEYS = ("nc1", "nc1_trace", "cdnv", "ncc_acc")
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if x is not None and np.isfinite(x) else None
-
-
-def depth_of(fd: FeatureDir, head_metrics: dict[str, Any]) -> dict[str, Any]:
-    """Collapse metrics on every pooled stage plus the penultimate layer."""
-    from ncood.collapse.depth import depth_analysis, layer_stack
-
-    res = depth_analysis(
-        layer_stack(fd.train), fd.train.labels, head=fd.head, head_metrics=head_metrics
-    )
-    return {
-        "layers": res.layers,
-        "dims": [int(res.metrics[k]["dim"]) for k in res.layers],
-        "metrics": {key: [_num(res.metrics[k].get(key)) for k in res.layers] for key in DEPTH_KEYS},
-        "decay": {
-            key: {"rate": _num(fit.get("rate")), "r2": _num(fit.get("r2"))}
-            for key, fit in res.decay.items()
-        },
-    }
-
-
-def epochs_of(
-    cfg: RunConfig, run_dir: Path, cache: Path, timer: Timer, regime: str
-) -> dict[str, Any] | None:
-    """Collapse, NC5 and train error at every snapshot the training run saved."""
-    from ncood.collapse.epochs import Snapshot, epoch_analysis
-    from ncood.collapse.metrics import HEAD_SCALARS
+def extract(
+    cfg: RunConfig,
+    checkpoint: Path,
+    cache: Path,
+    seed: int,
+    *,
+    test_samples: int | None,
+    ood_samples: int | None,
+    layers: list[str] | None,
+    progress: bool = True,
+) -> FeatureDir:
+    """Features of one network on the config's data (cached; NaN/inf raise)."""
     from ncood.extract import extract_checkpoint
 
-    snaps = sorted((run_dir / "snapshots").glob("epoch_*.pt"))
-    if not snaps:
-        return None
-    rows = []
-    for snap in snaps:
-        with timer(f"{regime}/snapshot_{snap.stem}"):
-            fd = extract_checkpoint(
-                snap,
-                id_dataset=cfg.data.id,
-                ood=cfg.data.ood,
-                cache_dir=cache,
-                data_root=cfg.data.root,
-                layers=[],
-                max_train_samples=cfg.data.train_samples,
-                max_test_samples=1,  # the test split is not used across training
-                max_ood_samples=cfg.data.ood_samples,
-                allow_subset=cfg.data.allow_subset,
-                seed=cfg.seed,
-                device=cfg.device,
-                progress=False,
-            )
-        rows.append(Snapshot(int(fd.meta["epoch"]), fd.train, fd.head, None, fd.ood))
-    res = epoch_analysis(rows)
-    return {
-        "epochs": res.epochs,
-        "train_error": [float(m["train_error"]) for m in res.metrics],
-        "metrics": {k: [_num(m.get(k)) for m in res.metrics] for k in HEAD_SCALARS},
-        "nc5": {o: [_num(m["nc5"].get(o)) for m in res.metrics] for o in res.ood_names},
-        "nc5_centred": {
-            o: [_num(m["nc5_centred"].get(o)) for m in res.metrics] for o in res.ood_names
-        },
-        "zero_error_epoch": res.zero_error_epoch,
-    }
+    fd = extract_checkpoint(
+        checkpoint,
+        id_dataset=cfg.data.id,
+        ood=cfg.data.ood,
+        cache_dir=cache,
+        data_root=cfg.data.root,
+        layers=layers,
+        max_train_samples=cfg.data.train_samples,
+        max_test_samples=test_samples,
+        max_ood_samples=ood_samples,
+        allow_subset=cfg.data.allow_subset,
+        seed=seed,
+        device=cfg.device,
+        progress=progress,
+    )
+    for fs in [fd.train, fd.test, *fd.ood.values()]:
+        fs.check_finite()
+    return fd
+
+
+def analyse_regime(
+    cfg: RunConfig,
+    regime: str,
+    seed: int,
+    checkpoint: Path,
+    cache: Path,
+    timer: Timer,
+    tag: str,
+    scores_out: dict[str, np.ndarray] | None = None,
+) -> tuple[Results, FeatureDir]:
+    """Every row of one trained network: its history, the final network, every snapshot."""
+    from ncood.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    final_epoch = int(ckpt.get("epoch", 0))
+    col, boot = cfg.collapse, cfg.bootstrap
+    bootstrap = {"n_boot": boot.n_boot, "seed": boot.seed} if boot.n_boot > 0 else None
+    common = dict(
+        detectors=cfg.detectors, layer_detectors=col.layer_detectors, regime=regime, seed=seed
+    )
+    parts = [Results(history_rows(ckpt.get("history", []), regime=regime, seed=seed))]
+    with timer(f"{tag}/extract"):
+        fd = extract(
+            cfg,
+            checkpoint,
+            cache,
+            seed,
+            test_samples=cfg.data.test_samples,
+            ood_samples=cfg.data.ood_samples,
+            layers=col.layers,
+        )
+    with timer(f"{tag}/analyse"):
+        parts.append(
+            analyse(fd, epoch=final_epoch, bootstrap=bootstrap, scores_out=scores_out, **common)
+        )
+    if col.across_training:
+        snaps = snapshot_checkpoints(Path(checkpoint).parent)
+        # OOD detection at every snapshot unless switched off (then NC only: no test split)
+        det_opts = (
+            common
+            if col.snapshot_detectors
+            else {**common, "detectors": None, "layer_detectors": []}
+        )
+        test_n = col.snapshot_test_samples or cfg.data.test_samples
+        for epoch, path in snaps:
+            if epoch == final_epoch:
+                continue  # the final network, analysed above
+            with timer(f"{tag}/snapshot_epoch_{epoch:04d}"):
+                sfd = extract(
+                    cfg,
+                    path,
+                    cache,
+                    seed,
+                    test_samples=test_n if col.snapshot_detectors else 1,
+                    ood_samples=col.snapshot_ood_samples or cfg.data.ood_samples,
+                    layers=col.layers if col.snapshot_layers else [],
+                    progress=False,
+                )
+                parts.append(
+                    analyse(
+                        sfd,
+                        epoch=epoch,
+                        layers=col.snapshot_layers,
+                        bootstrap=bootstrap if boot.every_snapshot else None,
+                        **det_opts,
+                    )
+                )
+    notes = [n for p in parts for n in p.meta.get("notes", [])]
+    meta = {"detectors": parts[1].meta.get("detectors", {}), "notes": notes}
+    return Results.concat(parts, meta=meta), fd
 
 
 # --------------------------------------------------------------------------- main
-def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run the whole experiment; returns the results dict (also written to disk)."""
-    from ncood.extract import extract_checkpoint
-    from ncood.report import validate_results, write_report
+def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
+    """Run the whole experiment; returns the results (also written to disk).
 
+    Writes into the output directory: ``results.csv`` + ``run.json`` (the table and its
+    metadata, :meth:`Results.save`), ``scores.npz`` (raw scores of the first seed's final
+    networks, keys ``"<regime>/<detector>/<id|ood set>"``), the report, and per regime
+    ``regimes/<regime>/train/`` (``.../seed_<s>/train/`` with several seeds).
+    """
+    check_run_config(cfg, output=output)
+    seeds = run_seeds(cfg)
     out = Path(output or cfg.output)
     cache = out / "cache"
     timer = Timer()
     t_start = time.perf_counter()
-    regimes: dict[str, Any] = {}
+    several = len(seeds) > 1
+    parts: list[Results] = []
     all_scores: dict[str, np.ndarray] = {}
-    detector_params: dict[str, dict] = {}
+    networks: list[dict[str, Any]] = []
     data_info: dict[str, Any] = {}
     with RunLock(out):
-        for regime, overrides in cfg.regimes.items():
-            log.info("== regime %s ==", regime)
-            with timer(f"{regime}/train"):
-                ckpt_path = train_regime(cfg, regime, dict(overrides), out)
-            with timer(f"{regime}/extract"):
-                fd = extract_checkpoint(
-                    ckpt_path,
-                    id_dataset=cfg.data.id,
-                    ood=cfg.data.ood,
-                    cache_dir=cache,
-                    data_root=cfg.data.root,
-                    layers=cfg.collapse.layers,
-                    max_train_samples=cfg.data.train_samples,
-                    max_test_samples=cfg.data.test_samples,
-                    max_ood_samples=cfg.data.ood_samples,
-                    allow_subset=cfg.data.allow_subset,
-                    seed=cfg.seed,
-                    device=cfg.device,
+        for seed in seeds:
+            for regime, overrides in cfg.regimes.items():
+                tag = f"{regime}/seed_{seed}" if several else regime
+                log.info("== regime %s ==", tag)
+                run_dir = train_dir(out, regime, seed, several_seeds=several)
+                with timer(f"{tag}/train"):
+                    ckpt = train_regime(cfg, regime, dict(overrides), run_dir, seed)
+                scores: dict[str, np.ndarray] = {}
+                res, fd = analyse_regime(
+                    cfg,
+                    regime,
+                    seed,
+                    ckpt,
+                    cache,
+                    timer,
+                    tag,
+                    scores_out=scores if seed == seeds[0] else None,
                 )
-            for fs in [fd.train, fd.test, *fd.ood.values()]:
-                fs.check_finite()
-            data_info = data_info or _data_info(fd)
-            with timer(f"{regime}/score"):
-                metrics, scores, detector_params = score_detectors(fd, cfg.detectors)
-            all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
-            with timer(f"{regime}/collapse"):
-                nc_raw, nc, n5, n5c = collapse_of(fd)
-            with timer(f"{regime}/depth"):
-                depth = depth_of(fd, nc_raw)
-                layer_dets = [d for d in cfg.collapse.layer_detectors if d in cfg.detectors]
-                depth["ood_auroc"] = layer_ood_auroc(fd, layer_dets, cfg.detectors)
-            epochs = None
-            run_dir = Path(ckpt_path).parent
-            if cfg.collapse.across_training:
-                epochs = epochs_of(cfg, run_dir, cache, timer, regime)
-            regimes[regime] = _regime_result(ckpt_path, out, metrics, nc, n5, n5c, depth, epochs)
-            log.info("%s: done", regime)
+                parts.append(res)
+                all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
+                data_info = data_info or _data_info(fd)
+                networks.append(
+                    {
+                        "regime": regime,
+                        "seed": seed,
+                        "epoch": fd.meta.get("epoch"),
+                        "checkpoint": _relative(ckpt, out),
+                    }
+                )
+                log.info("%s: done", tag)
         timer.durations["total"] = round(time.perf_counter() - t_start, 3)
-        results = {
-            "schema_version": 1,
-            "ncood_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "config": cfg.to_dict(),
-            "environment": environment(cfg.device),
-            "data": data_info,
-            "durations": timer.durations,
-            "conventions": CONVENTIONS,
-            "detectors": detector_params,
-            "regimes": regimes,
-        }
-        from ncood.report.findings import findings
+        results = Results.concat(
+            parts,
+            meta={
+                "ncood_version": __version__,
+                "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "config": cfg.to_dict(),
+                "environment": environment(cfg.device),
+                "data": data_info,
+                "durations": timer.durations,
+                "conventions": dict(CONVENTIONS),
+                "detectors": parts[0].meta.get("detectors", {}) if parts else {},
+                "networks": networks,
+                "notes": [n for p in parts for n in p.meta.get("notes", [])],
+            },
+        )
+        # heavy: the report imports matplotlib and jinja2
+        from ncood.report import findings, write_report
 
-        results["findings"] = findings(results)
-        validate_results(results)
-        write_json(out / "results.json", results)
+        results.meta["findings"] = findings(results)
+        results.save(out)
         with atomic_open(out / "scores.npz", "wb") as fh:
             np.savez_compressed(fh, **all_scores)
-        write_report(results, all_scores, out)
+        write_report(results, out, scores=all_scores)
     return results
+
+
+def _relative(path: Path, out: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _data_info(fd: FeatureDir) -> dict[str, Any]:
@@ -429,36 +383,3 @@ def _data_info(fd: FeatureDir) -> dict[str, Any]:
         },
         "ood": {k: {"source": src(v), "n": len(v)} for k, v in fd.ood.items()},
     }
-
-
-def _regime_result(ckpt_path, out, metrics, nc, n5, n5c, depth, epochs) -> dict[str, Any]:
-    from ncood.train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    history = list(ckpt.get("history", []))
-    last = history[-1] if history else {}
-    try:
-        rel = str(Path(ckpt_path).resolve().relative_to(Path(out).resolve()))
-    except ValueError:
-        rel = str(ckpt_path)
-    result = {
-        "checkpoint": rel,
-        "epochs": int(ckpt.get("epoch", 0)),
-        "final": {k: last.get(k) for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
-        "history": history,
-        "ood": metrics,
-        "collapse": nc,
-        "nc5": n5,
-        "nc5_centred": n5c,
-        "depth": depth,
-    }
-    if epochs is not None:
-        result["across_training"] = epochs
-    return result
-
-
-def print_summary(results: dict[str, Any], out: Path, file=sys.stdout) -> None:
-    from ncood.report.tables import format_terminal_summary
-
-    print(format_terminal_summary(results), file=file)
-    print(f"\nreport: {out / 'report.html'}", file=file)

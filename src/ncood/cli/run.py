@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 
@@ -15,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Run the reference experiment described by a YAML config (default: the embedded "
             "Fashion-MNIST config, offline, about 5 minutes on 2 CPU cores). Finished stages "
-            "(checkpoints, features) are reused when the command is run again."
+            "(checkpoints, features) are reused when the command is run again. Writes "
+            "results.csv + run.json (every measurement, docs/results_schema.md), scores.npz "
+            "and report.html/report.md to the output directory."
         ),
     )
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: embedded)")
@@ -26,11 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # heavy: keep --help fast
     import yaml
 
     from ncood.config import default_config_path, load_config
-    from ncood.pipeline import print_summary
     from ncood.pipeline import run as run_pipeline
+    from ncood.report import terminal_summary
 
     cfg = load_config(args.config)
     if args.data_root:
@@ -43,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         "ncood run: config %s -> %s", args.config or f"{default_config_path()} (embedded)", out
     )
     results = run_pipeline(cfg, output=out)
-    print_summary(results, out, file=sys.stdout)
+    print(terminal_summary(results))
+    print(f"\nresults: {out / 'results.csv'}\nreport: {out / 'report.html'}")
     return 0
