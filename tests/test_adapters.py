@@ -624,3 +624,37 @@ def test_evaluate_families_give_their_own_features(spec, tmp_path):
     np.testing.assert_allclose(fd.test.features, _own_penultimate(spec, net, x), atol=1e-5)
     with torch.no_grad():
         np.testing.assert_allclose(fd.test.logits, net(x), rtol=1e-5, atol=1e-5)
+
+
+TORCHVISION_ZOO = {
+    # name: (input side, head, first and last proposed stage)
+    "densenet121": (64, "classifier", "features.denseblock1", "features.denseblock4"),
+    "efficientnet_b0": (64, "classifier.1", "features.0", "features.8"),
+    "shufflenet_v2_x0_5": (64, "fc", "conv1", "conv5"),
+    "vgg11": (64, "classifier.6", "features.0", "features.18"),
+    "vit_b_16": (
+        224,
+        "heads.head",
+        "encoder.layers.encoder_layer_0",
+        "encoder.layers.encoder_layer_11",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_ZOO))
+def test_torchvision_zoo_heads_and_stages(name):
+    """Every architecture gets the same checks: the head is found, forward_head of the
+    features is the model's own output, and the proposed stages run and pool."""
+    from ncood.extract import capture
+
+    size, head, first, last = TORCHVISION_ZOO[name]
+    torch.manual_seed(0)
+    model = load_model(f"torchvision:{name}", num_classes=7, input_size=size)
+    assert model.head_name == head
+    stages = model.stage_names()
+    assert stages[0] == first and stages[-1] == last
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad(), capture(model, stages) as got:
+        z = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(z), model.model(x), rtol=1e-5, atol=1e-5)
+    assert all(v.ndim == 2 and v.shape[0] == 2 for v in got.values())

@@ -160,7 +160,7 @@ class ModelAdapter(nn.Module):
         model.eval()
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (name, input, output)
-        order: list[tuple[str, Any]] = []  # top-level children in execution order
+        outs: dict[str, int] = {}  # ndim of every submodule's first output, in run order
         feats: dict[str, torch.Tensor] = {}
         handles = []
         try:
@@ -170,12 +170,14 @@ class ModelAdapter(nn.Module):
                     calls.append((_n, inp[0], out))
 
                 handles.append(lin.register_forward_hook(lin_hook))
-            for cname, child in model.named_children():
+            for mname, module in model.named_modules():
+                if not mname:
+                    continue
 
-                def child_hook(_m, _inp, out, _n=cname):
-                    order.append((_n, out))
+                def any_hook(_m, _inp, out, _n=mname):
+                    outs.setdefault(_n, out.ndim if isinstance(out, torch.Tensor) else -1)
 
-                handles.append(child.register_forward_hook(child_hook))
+                handles.append(module.register_forward_hook(any_hook))
             if self.features_name is not None:
                 fmod = self._submodule(self.features_name, "features")
 
@@ -207,7 +209,7 @@ class ModelAdapter(nn.Module):
         if self.features_name is not None:
             head_out = [f for n, _, f in calls if n == head_name][-1]
             self._check_features(feats.get("z"), head, head_out)
-        self._stages = self._find_stages(order, head_name)
+        self._stages = self._find_stages(outs, head_name)
         log.info(
             "%s: head %r (%d -> %d), %d stages",
             self.name,
@@ -291,7 +293,7 @@ class ModelAdapter(nn.Module):
                 f"up to {err:.3g}; name the module right before the head"
             )
 
-    def _find_stages(self, order: list[tuple[str, Any]], head_name: str) -> list[str]:
+    def _find_stages(self, outs: dict[str, int], head_name: str) -> list[str]:
         info = getattr(self.model, "feature_info", None)
         names = {n for n, _ in self.model.named_modules()}
         if info is not None:  # timm: its own list of feature stages
@@ -309,23 +311,32 @@ class ModelAdapter(nn.Module):
                 except (TypeError, KeyError, ValueError):
                     self._channels = {}
                 return mods
-        seen: list[str] = []
-        for cname, out in order:
-            child = self.model.get_submodule(cname)
+        return self._stages_below("", outs, head_name)
+
+    def _stages_below(self, prefix: str, outs: dict[str, int], head_name: str) -> list[str]:
+        """The children of ``prefix`` that are stages: run in the forward pass, with
+        parameters, producing feature maps or token sequences, not the head; containers
+        (ResNet's ``layer1``) are preferred to loose layers (its stem conv and norm), and
+        a single container (VGG's and MobileNet's ``features``, ViT's ``encoder``) is
+        opened."""
+        parent = self.model.get_submodule(prefix) if prefix else self.model
+        found: list[str] = []
+        for cname, child in parent.named_children():
+            name = f"{prefix}.{cname}" if prefix else cname
+            is_map = outs.get(name) in (3, 4)  # feature maps or token sequences
+            is_head = head_name == name or head_name.startswith(name + ".")
             has_params = any(True for _ in child.parameters())
-            is_map = isinstance(out, torch.Tensor) and out.ndim in (3, 4)
-            is_head = head_name == cname or head_name.startswith(cname + ".")
-            if has_params and is_map and not is_head and cname not in seen:
-                seen.append(cname)
-        blocks = [c for c in seen if any(True for _ in self.model.get_submodule(c).children())]
-        if blocks:  # containers (ResNet's layer1..4), not the loose stem conv and norm
-            seen = blocks
-        if len(seen) == 1:  # one "features" Sequential (VGG, MobileNet, EfficientNet)
-            child = self.model.get_submodule(seen[0])
-            inner = [f"{seen[0]}.{n}" for n, _ in child.named_children()]
+            if is_map and has_params and not is_head:
+                found.append(name)
+        found.sort(key=list(outs).index)  # execution order
+        blocks = [n for n in found if any(True for _ in self.model.get_submodule(n).children())]
+        if blocks:
+            found = blocks
+        if len(found) == 1 and blocks:
+            inner = self._stages_below(found[0], outs, head_name)
             if len(inner) > 1:
                 return inner
-        return seen
+        return found
 
     def _require_head(self, what: str) -> nn.Linear:
         if self._head is None:
