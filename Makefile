@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.14.1 torchvision==0.29.1
 DATA_ROOT ?= $(firstword $(wildcard ../shared/data) $(HOME)/.cache/ncood)
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench mutation install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,19 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Mutation testing (not CI; CPU heavy, docs/testing.md): mutmut mutates detectors/,
+# metrics.py and collapse/ ([tool.mutmut] in pyproject.toml) and runs the fast tests that
+# cover each mutant; results stay in mutants/ (`.venv/bin/mutmut results`, `mutmut show
+# NAME`). MUTANTS narrows the run to a glob of mutant names, e.g.
+#   make mutation MUTANTS='ncood.collapse.metrics.*'
+# One BLAS thread: mutmut forks workers, and a forked OpenBLAS thread pool deadlocks.
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NCOOD_DATA_ROOT=$(DATA_ROOT) \
+	  $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/detectors.py
