@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ncood.data.arrays import InputSpec
-from ncood.data.transforms import to_model_input
+from ncood.data.transforms import cover_box, to_model_input
 from ncood.errors import ConfigError, DataError
 from ncood.io import safe_name
 from ncood.validation import check_number
@@ -69,8 +69,9 @@ class EvalTransform:
     The shorter image side is resized to ``resize`` (the longer one to
     ``int(resize * long / short)``, torchvision's ``Resize(int)`` rule), the centre
     ``size x size`` is cropped (offset ``round((new - size) / 2)``, torchvision's
-    ``center_crop``), channels are converted to ``channels`` (grey repeated, colour to
-    ITU-R 601 luma) and ``(x / 255 - mean) / std`` is applied per channel. This is
+    ``center_crop``; the geometry is :func:`ncood.data.transforms.cover_box`), channels
+    are converted to ``channels`` (grey repeated, colour to ITU-R 601 luma) and
+    ``(x / 255 - mean) / std`` is applied per channel. This is
     torchvision's ``ImageClassification`` eval preset (resize 256, crop 224 for
     ImageNet models) and timm's ``create_transform(..., is_training=False)`` with
     ``crop_mode="center"`` (``resize = floor(size / crop_pct)``).
@@ -149,7 +150,7 @@ class EvalTransform:
             ``uint8``, as torchvision's ``Resize`` does on ``uint8`` tensors.
         """
         h, w = int(images.shape[-2]), int(images.shape[-1])
-        new_h, new_w = _resized_shape(h, w, self.resize)
+        new_h, new_w, top, left = cover_box(h, w, self.size, self.size, resize=self.resize)
         if (new_h, new_w) == (h, w) and (h, w) == (self.size, self.size):
             return images
         x = images
@@ -162,8 +163,6 @@ class EvalTransform:
                 mode=self.interpolation,
                 **({"align_corners": False, "antialias": antialias} if antialias else {}),
             ).clamp_(0.0, 1.0)  # bicubic overshoots
-        top = int(round((new_h - self.size) / 2.0))
-        left = int(round((new_w - self.size) / 2.0))
         x = x[..., top : top + self.size, left : left + self.size]
         if images.dtype == torch.uint8 and x.dtype != torch.uint8:
             x = x.mul(255.0).round_().to(torch.uint8)
@@ -179,11 +178,11 @@ class EvalTransform:
 
         mode = "L" if self.channels == 1 else "RGB"
         w, h = image.size
-        new_h, new_w = _resized_shape(h, w, self.resize)
+        new_h, new_w, top, left = cover_box(h, w, self.size, self.size, resize=self.resize)
         if image.format == "JPEG" and (new_h, new_w) != (h, w):
             image.draft(mode, (new_w, new_h))  # libjpeg decodes at 1/2..1/8 scale, never below
             w, h = image.size
-            new_h, new_w = _resized_shape(h, w, self.resize)
+            new_h, new_w, top, left = cover_box(h, w, self.size, self.size, resize=self.resize)
         image = image.convert(mode)
         if (new_h, new_w) != (h, w):
             resample = {
@@ -192,8 +191,6 @@ class EvalTransform:
                 "nearest": Image.NEAREST,
             }[self.interpolation]
             image = image.resize((new_w, new_h), resample)
-        top = int(round((new_h - self.size) / 2.0))
-        left = int(round((new_w - self.size) / 2.0))
         image = image.crop((left, top, left + self.size, top + self.size))
         arr = np.array(image, dtype=np.uint8)  # a writable copy
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -206,15 +203,6 @@ class EvalTransform:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Resize, crop and normalise a ``uint8`` batch: the whole transform."""
         return self.normalize(self.resize_crop(images))
-
-
-def _resized_shape(h: int, w: int, resize: int) -> tuple[int, int]:
-    """torchvision's ``Resize(int)``: shorter side -> ``resize``, aspect ratio kept."""
-    short, long = (h, w) if h <= w else (w, h)
-    if short == resize:
-        return h, w
-    new_long = int(resize * long / short)
-    return (resize, new_long) if h <= w else (new_long, resize)
 
 
 def as_transform(transform: EvalTransform | InputSpec | None) -> EvalTransform | None:
