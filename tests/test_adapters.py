@@ -658,3 +658,52 @@ def test_torchvision_zoo_heads_and_stages(name):
         z = model.forward_features(x)
         torch.testing.assert_close(model.forward_head(z), model.model(x), rtol=1e-5, atol=1e-5)
     assert all(v.ndim == 2 and v.shape[0] == 2 for v in got.values())
+
+
+def test_evaluate_with_users_own_loaders_and_arrays(tmp_path):
+    """pytorch-ood style: DataLoaders that apply the user's own transforms (float batches
+    reach the model as they are), an OOD set as a numpy array."""
+    import ncood
+    from ncood.types import load_feature_dir
+
+    train = load_images("fashion_mnist", "train", n=200, seed=0)
+    test = load_images("fashion_mnist", "test", n=50, seed=0)
+
+    def loader(arrays):  # the user's transform: [0, 1], centred, 1 channel, 28 x 28
+        x = arrays.images.float() / 255.0 - 0.5
+        ds = torch.utils.data.TensorDataset(x, arrays.labels)
+        return torch.utils.data.DataLoader(ds, batch_size=32)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).eval()
+    digits = load_images("digits", "test", n=60, seed=0).images.numpy()  # (60, 1, 28, 28)
+    res = ncood.evaluate(
+        net,
+        train=loader(train),
+        test=loader(test),
+        ood={"digits": digits},
+        detectors=["energy"],
+        input_size=(1, 28, 28),
+        mean=[0.5],
+        std=[1.0],
+        out=tmp_path / "out",
+        num_workers=0,
+    )
+    fd = load_feature_dir(tmp_path / "out" / "features")
+    with torch.no_grad():
+        x = test.images.float() / 255.0 - 0.5
+        np.testing.assert_allclose(fd.test.features, net[:6](x), rtol=1e-6, atol=1e-6)
+        # the OOD array got the model's transform: (x / 255 - 0.5) / 1.0, the same values
+        d = torch.from_numpy(digits).float() / 255.0 - 0.5
+        np.testing.assert_allclose(fd.ood["digits"].logits, net(d), rtol=1e-5, atol=1e-5)
+    assert fd.train.labels.tolist() == train.labels.tolist()
+    assert res.value(metric="auroc", detector="energy", ood="digits") >= 0.0
+    assert fd.meta["layers"] == ["0"]
