@@ -517,3 +517,30 @@ def test_findings_say_a_premise_fails_when_the_numbers_say_so():
     assert any(t.startswith("NECO's premise does not hold on o") and "60.0%" in t for t in items)
     assert any(t.startswith("ViM's premise does not hold on o") and "10.00%" in t for t in items)
     assert not any("holds on" in t and "not" not in t for t in items)
+
+
+@pytest.mark.slow
+def test_explain_network_on_a_trained_checkpoint(fmnist_run, monkeypatch):
+    """The pipeline's call: a trained resnet_narrow's checkpoint and extracted features."""
+    from ncood.analysis import analyse
+
+    fd = FeatureDir(fmnist_run.train, fmnist_run.test, fmnist_run.ood, fmnist_run.head,
+                    meta={"epoch": 3})  # fmt: skip
+    dets = {"energy": {}, "neco": {}, "vim": {}}
+    scores = {}
+    analyse(fd, detectors=dets, collapse=False, layers=False, scores_out=scores)
+    res, arrays = E.explain_network(
+        fd, fmnist_run.checkpoint, detectors=dets, scores=scores, regime="standard", seed=0
+    )
+    assert res.meta["notes"] == []
+    assert set(res.values("detector", metric="ig_completeness_error")) == {"energy", "neco"}
+    assert res.select(metric="ig_completeness_error")["value"].max() < 0.5
+    assert {"id/images", "digits/images", "ig/energy/digits", "ig/neco/id"} <= set(arrays)
+    assert (res.to_frame()["epoch"] == 3).all()
+    # without captum: the feature analyses, no attributions, a note that says why
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    res2, arrays2 = E.explain_network(fd, fmnist_run.checkpoint, detectors=dets, scores=scores)
+    assert arrays2 == {} and res2.select(metric="ig_score_gap").empty
+    assert "captum" in res2.meta["notes"][0]["note"]
+    assert len(res2.select(metric="pred_fraction"))

@@ -503,12 +503,17 @@ def example_rows(
 
 
 # --------------------------------------------------------------------------- all of it
-def fit_subspace(fd: FeatureDir, detectors: Mapping[str, Mapping[str, Any] | None]):
+def fit_subspace(
+    fd: FeatureDir,
+    detectors: Mapping[str, Mapping[str, Any] | None],
+    stats: ClassStats | None = None,
+):
     """NECO and ViM fitted on the train features with the run's hyperparameters.
 
     Args:
         detectors: ``{name: params}``; ``neco`` / ``vim`` entries give their
             hyperparameters (absent: the defaults).
+        stats: the train features' class statistics, if already accumulated.
 
     Returns:
         ``(neco, vim)`` fitted detectors (a detector that cannot be fitted is ``None``,
@@ -518,7 +523,7 @@ def fit_subspace(fd: FeatureDir, detectors: Mapping[str, Mapping[str, Any] | Non
     for name in ("neco", "vim"):
         det = create_detector(name, **dict(detectors.get(name) or {}))
         try:
-            out.append(det.fit(fd.train.features, fd.train.labels, fd.head))
+            out.append(det.fit(fd.train.features, fd.train.labels, fd.head, stats=stats))
         except (ConfigError, ShapeError) as exc:
             log.warning("explain: %s not fitted (%s); its spectrum cut is left out", name, exc)
             out.append(None)
@@ -556,7 +561,7 @@ def explain_features(
     keys = {"regime": regime, "seed": seed, "epoch": None if epoch is None else int(epoch)}
     c = fd.head.num_classes
     stats = ClassStats.from_features(fd.train.features, fd.train.labels, c)
-    neco, vim = fit_subspace(fd, dict(detectors or {}))
+    neco, vim = fit_subspace(fd, dict(detectors or {}), stats)
     rows = spectrum_rows(stats, fd.test, fd.ood, neco=neco, vim=vim, **keys)
     rows += landing_rows(stats, fd.test, fd.ood, **keys)
     rows += geometry_rows(stats, fd.head, fd.test, fd.ood, n_points=n_points, **keys)
@@ -830,3 +835,78 @@ def explain_attributions(
                 rows.append(row("ig_score_gap", g, j=j, **kk))
                 rows.append(row("ig_completeness_error", e, j=j, **kk))
     return rows, arrays
+
+
+def captum_available() -> bool:
+    """Whether the optional captum package (Integrated Gradients) can be imported."""
+    try:
+        _import_captum()
+    except ConfigError:
+        return False
+    return True
+
+
+def explain_network(
+    fd: FeatureDir,
+    checkpoint,
+    *,
+    detectors: Mapping[str, Mapping[str, Any] | None] | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
+    data_root=None,
+    allow_subset: bool = False,
+    device: str = "cpu",
+    attributions: bool = True,
+    regime: str | None = None,
+    seed: int | None = None,
+    epoch: int | None = None,
+) -> tuple[Results, dict[str, np.ndarray]]:
+    """The explanation rows of one trained network and the arrays its report section shows.
+
+    :func:`explain_features` on ``fd``, then (with ``attributions`` and captum installed)
+    the example images and Integrated Gradients of the network rebuilt from
+    ``checkpoint`` (:func:`explain_attributions`, images re-read as extracted, the
+    checkpoint's input normalisation). Without captum the attributions are left out with
+    a warning and a note in ``Results.meta["notes"]`` (the feature analyses still run).
+
+    Returns:
+        ``(results, arrays)``; ``arrays`` as :func:`explain_attributions` describes.
+    """
+    import torch
+
+    from ncood.data import InputSpec, to_model_input
+    from ncood.distributed import resolve_device
+    from ncood.train import model_from_checkpoint
+
+    epoch = fd.meta.get("epoch") if epoch is None else epoch
+    keys = {"regime": regime, "seed": seed, "epoch": None if epoch is None else int(epoch)}
+    res = explain_features(fd, detectors=detectors, scores=scores, **keys)
+    notes: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    if attributions and scores:
+        if not captum_available():
+            text = f"Integrated Gradients left out: captum is not installed; {CAPTUM_EXTRA}"
+            log.warning("%s: %s", regime, text)
+            notes.append({**keys, "layer": PENULTIMATE, "detector": None, "note": text})
+        else:
+            model, ckpt = model_from_checkpoint(checkpoint, device=resolve_device(device))
+            model.eval()
+            spec = InputSpec.from_dict(ckpt["input_spec"])
+            dev = next(model.parameters()).device
+            neco, _ = fit_subspace(fd, dict(detectors or {}))
+            rows, arrays = explain_attributions(
+                model,
+                fd,
+                res,
+                neco=neco,
+                transform=lambda im: to_model_input(im.to(dev), spec),
+                shape=(spec.channels, spec.size, spec.size),
+                root=data_root,
+                allow_subset=allow_subset,
+                **keys,
+            )
+            res.extend(rows)
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    res.meta["notes"] = notes
+    return res, arrays
