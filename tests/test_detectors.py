@@ -655,6 +655,22 @@ def test_detector_description(data):
     assert detector_class("vim").name == "vim" and detector_class("vim").param_names() == ["dim"]
 
 
+@pytest.mark.parametrize("name", ["vim", "neco"])
+def test_params_for_width_bring_dim_into_range(name):
+    cls = detector_class(name)
+    assert cls.params_for_width({"dim": 64}, 32) == {"dim": 16}
+    assert cls.params_for_width({"dim": 32}, 32) == {"dim": 16}  # at the width: halved too
+    assert cls.params_for_width({"dim": 31}, 32) == {"dim": 31}
+    assert cls.params_for_width({"dim": 5}, 1) == {"dim": 1}  # never below 1
+    params = {"dim": None}
+    out = cls.params_for_width(params, 8)
+    assert out == {"dim": None} and out is not params
+    mahalanobis = detector_class("mahalanobis")
+    params = {"x": 3}
+    assert mahalanobis.params_for_width(params, 2) == params
+    assert mahalanobis.params_for_width(params, 2) is not params
+
+
 def test_eigen_cutoff_is_pinvh_s():
     rng = np.random.default_rng(7)
     a = rng.normal(size=(6, 3))
