@@ -210,7 +210,7 @@ class ModelAdapter(nn.Module):
             head_out = [f for n, _, f in calls if n == head_name][-1]
             self._check_features(feats.get("z"), head, head_out)
         self._stages = self._find_stages(outs, head_name)
-        log.info(
+        log.debug(
             "%s: head %r (%d -> %d), %d stages",
             self.name,
             head_name,
