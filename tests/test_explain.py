@@ -544,3 +544,33 @@ def test_explain_network_on_a_trained_checkpoint(fmnist_run, monkeypatch):
     assert arrays2 == {} and res2.select(metric="ig_score_gap").empty
     assert "captum" in res2.meta["notes"][0]["note"]
     assert len(res2.select(metric="pred_fraction"))
+
+
+def test_attributions_of_a_users_model_through_the_adapter(real):
+    """A plain nn.Module (no ncood interface) wrapped by ModelAdapter: IG of its energy is
+    complete and the NECO score function reads the adapter's penultimate features."""
+    from ncood.models.adapters import wrap_model
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    model = wrap_model(net, input_size=(1, 28, 28))
+    _, x, _ = real
+    with torch.no_grad():
+        z = model.forward_features(x).double().numpy()
+        f = net(x).double().numpy()
+    assert z.shape == (64, 16)
+    head = model.get_head()
+    np.testing.assert_allclose(head.logits(z), f, rtol=1e-4, atol=1e-5)
+    neco = create_detector("neco", dim=4).fit(z, f.argmax(1), head)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            E.neco_score_fn(model, neco)(x).double().numpy(), neco.score(z, None), rtol=1e-5
+        )
+    fn = E.energy_score_fn(model)
+    attr, _ = E.integrated_gradients(fn, x[:2], n_steps=128)
+    with torch.no_grad():
+        gap = fn(x[:2]) - fn(torch.zeros_like(x[:2]))
+    assert ((attr.sum(dim=(1, 2, 3)) - gap).abs() <= 0.03 * gap.abs() + 1e-5).all()
