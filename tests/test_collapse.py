@@ -606,8 +606,11 @@ def test_merged_halves_equal_one_pass():
 
 def test_rebased_and_merged_statistics_are_exact():
     z, y, _ = clustered(c=3, d=5, per=20, spread=1.0, offset=8.0, seed=60)
-    a = ClassStats.from_features(z[:25], y[:25], 3)
-    b = ClassStats.from_features(z[25:], y[25:], 3)
+    # small chunks: each shift is the mean of a first chunk, not of all rows, so the sums
+    # about it do not vanish and the cross terms of the rebasing count
+    a = ClassStats.from_features(z[:25], y[:25], 3, chunk_size=4)
+    b = ClassStats.from_features(z[25:], y[25:], 3, chunk_size=5)
+    assert np.abs(b.sums.sum(axis=0)).max() > 1.0
     merged = a.merge(b)
     shift = a.shift
     zc = z - shift  # direct sums about a's shift
@@ -667,6 +670,8 @@ def test_statistics_vector_round_trip_and_batches():
     assert light.to_vector().shape == (3 + 12 + 3,)
     with pytest.raises(ShapeError, match="statistics vector has shape"):
         ClassStats(3, 4).load_vector(light.to_vector())
+    light_back = ClassStats(3, 4, light.shift, second_moment=False).load_vector(light.to_vector())
+    np.testing.assert_array_equal(light_back.sq_norms, light.sq_norms)
     batches = ClassStats.from_batches(((z[i : i + 7], y[i : i + 7]) for i in range(0, 30, 7)), 3, 4)
     np.testing.assert_allclose(batches.within_cov(), stats.within_cov(), rtol=1e-12)
     np.testing.assert_allclose(batches.means, stats.means, rtol=1e-14)
@@ -745,35 +750,43 @@ def test_light_statistics_never_form_a_d_by_d_matrix():
         assert peak < 8 * 2**20, peak
 
 
-def test_nc5_zero_tolerance_is_relative_to_the_feature_scale():
+def _rms(x, center):
+    return np.sqrt(np.mean(np.sum((x - center) ** 2, axis=1)))
+
+
+@pytest.mark.parametrize("a", [1.0, 1e-3])
+@pytest.mark.parametrize("ood_spread", [1.0, 300.0])  # the ID or the OOD features set the scale
+def test_nc5_zero_tolerance_is_relative_to_the_feature_scale(a, ood_spread):
     """A mean vector counts as zero at or below 1e-9 x the RMS feature norm (documented)."""
     from ncood.collapse.metrics import ZERO_RTOL
 
+    chunk = 7  # the statistics' shift is the mean of the first chunk of ID rows
     z, y, _ = clustered(c=3, d=6, per=20, offset=30.0, seed=66)
-    v = np.random.default_rng(67).standard_normal((15, 6))
+    z = a * z
+    v = a * ood_spread * np.random.default_rng(67).standard_normal((15, 6))
     e = np.eye(6)[1]
     # uncentred: OOD mean = t e; scale = RMS norm of the ID or OOD features (the larger)
-    scale = np.sqrt(np.mean(np.sum(z**2, axis=1)))
-    assert scale > np.sqrt(np.mean(np.sum(v**2, axis=1)))
-    tol = ZERO_RTOL * scale
+    ood0 = np.concatenate([v, -v])
+    tol = ZERO_RTOL * max(_rms(z, 0.0), _rms(ood0, 0.0))
     with pytest.raises(ShapeError, match="NC5 is undefined: the OOD mean"):
-        nc5(z, y, np.concatenate([v, -v]) + 0.5 * tol * e)
-    assert np.isfinite(nc5(z, y, np.concatenate([v, -v]) + 2.0 * tol * e))
-    # centred: OOD mean = mu_G + t e; scale = RMS norm about the statistics' shift (the
-    # mean of the first chunk = the sample mean here)
+        nc5(z, y, ood0 + 0.5 * tol * e, chunk_size=chunk)
+    assert np.isfinite(nc5(z, y, ood0 + 2.0 * tol * e, chunk_size=chunk))
+    # centred: OOD mean = mu_G + t e; scale = RMS norm about the shift
     mus = np.stack([z[y == k].mean(axis=0) for k in range(3)])
     mg = mus.mean(axis=0)
-    shift = z.mean(axis=0)
-    scale_c = max(
-        np.sqrt(np.mean(np.sum((z - shift) ** 2, axis=1))),
-        np.sqrt(np.mean(np.sum((np.concatenate([mg + v, mg - v]) - shift) ** 2, axis=1))),
-    )
-    tol_c = ZERO_RTOL * scale_c
+    shift = z[:chunk].mean(axis=0)
+    oodc = np.concatenate([mg + v, mg - v])
+    tol_c = ZERO_RTOL * max(_rms(z, shift), _rms(oodc, shift))
     with pytest.raises(ShapeError, match="nc5_centred is undefined: the OOD mean"):
-        nc5_centred(z, y, np.concatenate([mg + v, mg - v]) + 0.5 * tol_c * e)
-    assert np.isfinite(nc5_centred(z, y, np.concatenate([mg + v, mg - v]) + 2.0 * tol_c * e))
+        nc5_centred(z, y, oodc + 0.5 * tol_c * e, chunk_size=chunk)
+    assert np.isfinite(nc5_centred(z, y, oodc + 2.0 * tol_c * e, chunk_size=chunk))
+
+
+def test_nc5_zero_vectors_are_named():
+    z, y, _ = clustered(c=3, d=6, per=20, offset=30.0, seed=66)
+    v = np.random.default_rng(67).standard_normal((15, 6))
     # all-zero features: no scale at all, still an error and not 0/0
-    with pytest.raises(ShapeError, match="NC5 is undefined"):
+    with pytest.raises(ShapeError, match="NC5 is undefined: the OOD mean"):
         nc5(np.zeros((6, 3)), np.arange(6) % 2, np.zeros((4, 3)))
     # a class mean at zero is named
     zz = np.concatenate([v[:5], -v[:5], z[:10]])
@@ -821,6 +834,8 @@ def test_errors_name_the_input():
         collapse_metrics(z[0], y, head)
     with pytest.raises(ShapeError, match="^features must be a 2-D array"):
         nc5(z[0], y, ood)
+    with pytest.raises(ShapeError, match="^ood_features must be a 2-D array"):
+        nc5(z, y, ood[0])
     light = ClassStats.from_features(z, y, 3, second_moment=False)
     with pytest.raises(ShapeError, match=r"^layer_metrics\(full=True\) needs the \(D, D\)"):
         layer_metrics(z, y, stats=light)
@@ -855,6 +870,8 @@ def test_to_jsonable_round_trips():
     m = collapse_metrics(z, y, head)
     m["extra"] = float("nan")
     doc = json.loads(json.dumps(to_jsonable(m), allow_nan=False))
+    assert to_jsonable(np.float32(2.5)) == 2.5 and type(to_jsonable(np.int64(3))) is int
+    assert to_jsonable({1: (np.float64(np.inf), np.arange(2))}) == {"1": [None, [0, 1]]}
     assert doc["extra"] is None and doc["nc1"] == pytest.approx(m["nc1"])
     assert np.asarray(doc["mean_distances"]).shape == (4, 4)
 

@@ -644,9 +644,14 @@ def test_detector_description(data):
     vim = create_detector("vim", dim=7)
     assert repr(vim) == "ViM(dim=7)" and vim.get_params() == {"dim": 7}
     assert repr(create_detector("mahalanobis")) == "Mahalanobis()"
+    assert repr(create_detector("neco", dim=3)) == "NECO(dim=3, variance=None, use_maxlogit=False)"
     info = vim.fit(data.Z, data.y, data.head).fitted_info()
     assert set(info) == {"dim_", "rank_", "alpha_", "n_features_in_", "n_classes_"}
     assert info["dim_"] == 7 and type(info["alpha_"]) is float and type(info["rank_"]) is int
+    vim.extra_ = np.float32(2.5)  # numpy scalars become Python numbers
+    vim._private_ = 1.0  # private attributes are not fitted state
+    info = vim.fitted_info()
+    assert type(info["extra_"]) is float and "_private_" not in info
     with pytest.raises(ConfigError, match=r"detector 'mahalanobis' has no parameter 'k'.*\(none\)"):
         create_detector("mahalanobis", k=3)
     with pytest.raises(ConfigError, match="valid parameters: dim$"):
