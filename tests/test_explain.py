@@ -574,3 +574,24 @@ def test_attributions_of_a_users_model_through_the_adapter(real):
     with torch.no_grad():
         gap = fn(x[:2]) - fn(torch.zeros_like(x[:2]))
     assert ((attr.sum(dim=(1, 2, 3)) - gap).abs() <= 0.03 * gap.abs() + 1e-5).all()
+
+
+def test_regime_findings_quote_each_regimes_margin_and_auroc():
+    from ncood.report.explain_figures import regime_findings
+    from ncood.results import row
+
+    rows = []
+    for reg, (a, b, auc) in {"s": (0.9, 0.7, 0.91), "m": (0.9, 0.85, 0.79)}.items():
+        k = {"regime": reg, "epoch": 5, "layer": PENULTIMATE}
+        rows += [
+            row("pred_fraction", 1.0, ood="digits", i=0, **k),
+            row("top_energy_fraction", a, detector="neco", **k),
+            row("top_energy_fraction", b, detector="neco", ood="digits", **k),
+            row("auroc", auc, detector="neco", ood="digits", **k),
+        ]
+    items = regime_findings(Results(rows), ["s", "m"])
+    assert items == [
+        "NECO on digits (top-subspace energy share, ID minus OOD): s +20.00 points, AUROC "
+        "91.00%; m +5.00 points, AUROC 79.00%."
+    ]
+    assert regime_findings(Results(rows), ["s"]) == []

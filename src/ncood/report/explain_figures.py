@@ -363,6 +363,12 @@ def _name(classes: Sequence[str] | None, i: int) -> str:
     return f"class {i} ({classes[i]})" if classes is not None and i < len(classes) else f"class {i}"
 
 
+def _auroc(res: Results, regime: str, detector: str, ood: str) -> str:
+    """``"; its AUROC there: x%"`` when the run measured it at the head, else ``""``."""
+    a = _rows(res, regime, "auroc", detector=detector, ood=ood, layer=PENULTIMATE)
+    return f"; {detector}'s AUROC on {ood}: {100 * _first(a):.2f}%" if len(a) else ""
+
+
 def explain_findings(res: Results, regime: str, classes: Sequence[str] | None = None) -> list[str]:
     """Sentences about one regime's explanation rows; each quotes its numbers.
 
@@ -404,7 +410,7 @@ def explain_findings(res: Results, regime: str, classes: Sequence[str] | None = 
             out.append(
                 f"NECO's premise {holds} on {o} ({regime}): on average {100 * neco_id:.1f}% of "
                 f"an ID test sample's standardised energy lies in the top {dim:.0f} principal "
-                f"components vs {100 * neco_o:.1f}% for {o}."
+                f"components vs {100 * neco_o:.1f}% for {o}{_auroc(res, regime, 'neco', o)}."
             )
         vim_id = _first(_rows(res, regime, "residual_energy_fraction", detector="vim", ood=None))
         vim_o = _first(_rows(res, regime, "residual_energy_fraction", detector="vim", ood=o))
@@ -417,7 +423,7 @@ def explain_findings(res: Results, regime: str, classes: Sequence[str] | None = 
                 f"ViM's premise {holds} on {o} ({regime}): the residual beyond the top "
                 f"{vdim:.0f} directions holds {100 * vim_o:.2f}% of a {o} sample's energy on "
                 f"average vs {100 * vim_id:.2f}% for ID test (mean residual norm {rn_o:.3g} vs "
-                f"{rn_id:.3g})."
+                f"{rn_id:.3g}){_auroc(res, regime, 'vim', o)}."
             )
         ratio = _first(_rows(res, regime, "ood_mean_norm_ratio", ood=o))
         if np.isfinite(ratio):
@@ -449,6 +455,32 @@ def explain_findings(res: Results, regime: str, classes: Sequence[str] | None = 
             f"{100 * ig['value'].median():.2f}% (median) and {100 * ig['value'].max():.2f}% "
             f"(worst) over {len(ig)} examples."
         )
+    return out
+
+
+def regime_findings(res: Results, regimes: Sequence[str]) -> list[str]:
+    """Across regimes: NECO's premise margin (ID minus OOD top-subspace energy share) and
+    ViM's (OOD minus ID residual share) per OOD set, beside each detector's AUROC."""
+    if len(regimes) < 2:
+        return []
+    out = []
+    oods = list(dict.fromkeys(o for r in regimes for o in _splits(res, r)))
+    for det, label, metric, sign, what in (
+        ("neco", "NECO", "top_energy_fraction", 1.0, "top-subspace energy share, ID minus OOD"),
+        ("vim", "ViM", "residual_energy_fraction", -1.0, "residual energy share, OOD minus ID"),
+    ):
+        for o in oods:
+            parts = []
+            for r in regimes:
+                a = _first(_rows(res, r, metric, detector=det, ood=None))
+                b = _first(_rows(res, r, metric, detector=det, ood=o))
+                if not (np.isfinite(a) and np.isfinite(b)):
+                    continue
+                auc = _rows(res, r, "auroc", detector=det, ood=o, layer=PENULTIMATE)
+                auc_s = f", AUROC {100 * _first(auc):.2f}%" if len(auc) else ""
+                parts.append(f"{r} {100 * sign * (a - b):+.2f} points{auc_s}")
+            if len(parts) >= 2:
+                out.append(f"{label} on {o} ({what}): " + "; ".join(parts) + ".")
     return out
 
 
@@ -497,6 +529,10 @@ def explain_section(report: Any, s: Any) -> None:
             "network. Comparisons below are of sample means, stated without intervals."
         )
     )
+    across = regime_findings(res, report.regimes)
+    if across:
+        s.blocks.append(Text("Premises across regimes", "h3"))
+        s.blocks.append(Items(across))
     for reg in report.regimes:
         s.blocks.append(Text(f"Regime: {reg}", "h3"))
         if not len(_rows(res, reg, "pred_fraction")):
