@@ -472,6 +472,7 @@ def test_figures_and_findings_quote_the_rows(fd, res):
 
     figs = [
         X.spectrum_figure(res, "r"),
+        X.layer_spectrum_figure(res, "r"),
         X.prediction_figure(res, "r", None),
         X.confidence_figure(res, "r"),
         X.gram_figure(res, "r", None),

@@ -88,6 +88,58 @@ def spectrum_figure(res: Results, regime: str) -> Figure | None:
     return fig
 
 
+def layer_spectrum_figure(res: Results, regime: str) -> Figure | None:
+    """Cumulative explained variance of the plain PCA of each pooled layer's train features
+    (left) and the ID / OOD mean-squared-projection ratio of its top 8 components (right)."""
+    df = _rows(res, regime, "pc_variance_ratio")
+    df = df[(_param(df, "basis") == "pca") & (df["layer"] != PENULTIMATE)]
+    if df.empty:
+        return None
+    layers = list(dict.fromkeys(df["layer"]))
+    oods = _splits(res, regime)
+    fig, axes = F._grid(1, 2, (4.2, 2.8))
+    left, right = axes[0, 0], axes[0, 1]
+    for k, name in enumerate(layers):
+        v = df[df["layer"] == name].sort_values("i")["value"].to_numpy(float)
+        left.plot(
+            np.arange(1, v.size + 1),
+            100 * np.cumsum(v),
+            color=F.PALETTE[k % 8],
+            marker=F.MARKERS[k % 8],
+            ms=3,
+            label=f"{name} (d={v.size})",
+        )
+    left.set(
+        xscale="log",
+        xlabel="principal components",
+        ylabel="cumulative variance (%)",
+        title="pooled layers: spectrum",
+    )
+    left.legend(frameon=False, fontsize=7)
+    width = 0.8 / max(1, len(oods))
+    for k, o in enumerate(oods):
+        r = _rows(res, regime, "pc_msq_ratio", ood=o)
+        r = r[(_param(r, "basis") == "pca") & (r["i"] < 8)]
+        top = r.groupby("layer", sort=False)["value"].apply(
+            lambda v: float(np.exp(np.log(v).mean()))
+        )
+        top = top.reindex(layers)
+        right.bar(
+            np.arange(len(layers)) + (k - (len(oods) - 1) / 2) * width,
+            top.to_numpy(),
+            width=width,
+            color=_ood_color(k),
+            label=o,
+        )
+    right.axhline(1.0, color="0.4", ls=":", lw=1)
+    right.set_yscale("log")
+    right.set_xticks(range(len(layers)), layers, fontsize=8)
+    right.set(ylabel="ID / OOD, top 8 PCs (geo. mean)", title="energy along the top components")
+    right.legend(frameon=False, fontsize=7)
+    fig.suptitle(f"Earlier layers ({regime})")
+    return fig
+
+
 def prediction_figure(res: Results, regime: str, classes: Sequence[str] | None) -> Figure | None:
     """Predicted-class histogram of the ID test set and each OOD set (grouped bars)."""
     df = _rows(res, regime, "pred_fraction")
@@ -490,6 +542,9 @@ CAPTIONS = {
     "standardised features) and ViM's (eigenvectors about u = -pinv(W) b). Top: explained "
     "variance ratio; bottom: ID test / OOD mean squared projection per component (above 1: ID "
     "has more energy along it). Dashed lines: where each detector cuts (dim).",
+    "layers": "Plain PCA of each pooled layer's train features ({}): cumulative explained "
+    "variance, and the geometric mean over the top 8 components of the ID test / OOD mean "
+    "squared projection (above 1: ID carries more energy along the leading directions).",
     "predictions": "Predicted-class histogram ({}): the share of each split the classifier "
     "assigns to each class.",
     "confidence": "Max-softmax and max-logit per split ({}): thin line 5-95%, thick bar 25-75%, "
@@ -544,6 +599,7 @@ def explain_section(report: Any, s: Any) -> None:
         slug = _slug(reg)
         draw = [
             ("spectrum", spectrum_figure(res, reg), False),
+            ("layers", layer_spectrum_figure(res, reg), False),
             ("predictions", prediction_figure(res, reg, report.classes), False),
             ("confidence", confidence_figure(res, reg), True),
             ("units", units_figure(res, reg), False),
