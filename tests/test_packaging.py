@@ -42,10 +42,12 @@ def _imported_top_level_modules() -> dict[str, str]:
 
 
 def test_every_imported_third_party_package_is_declared():
-    declared = {
-        _normalise(re.match(r"[A-Za-z0-9._-]+", dep).group(0))
-        for dep in _pyproject()["project"]["dependencies"]
-    }
+    """A dependency, or an extra for an optional import (faiss, timm, captum, ...)."""
+    project = _pyproject()["project"]
+    requirements = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    declared = {_normalise(re.match(r"[A-Za-z0-9._-]+", dep).group(0)) for dep in requirements}
     distributions = importlib.metadata.packages_distributions()
     missing = []
     for module, where in _imported_top_level_modules().items():
@@ -54,7 +56,7 @@ def test_every_imported_third_party_package_is_declared():
         dists = {_normalise(d) for d in distributions.get(module, [module])}
         if not dists & declared:
             missing.append(f"{module} ({'/'.join(sorted(dists))}, imported in {where})")
-    assert not missing, f"imported but not in [project] dependencies: {missing}"
+    assert not missing, f"imported but in no [project] dependencies or extra: {missing}"
 
 
 def test_one_source_for_the_version():
