@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ncood import __version__
 from ncood.data import ImageArrays, InputSpec, iterate_batches, load_images
+from ncood.data.streams import parse_named_sets
 from ncood.distributed import (
     clear_shards,
     init_distributed,
@@ -39,10 +40,11 @@ from ncood.distributed import (
     take_shard,
 )
 from ncood.errors import CheckpointError, ConfigError
-from ncood.io import file_sha256, safe_name, save_npy
+from ncood.io import file_sha256, safe_name, save_npy, write_json
+from ncood.models.adapters import wrap_model
 from ncood.registry import closest
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
-from ncood.types import FeatureDir, FeatureSet
+from ncood.types import FORMAT_VERSION, FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +258,6 @@ def extract_checkpoint(
     FeatureDir holds this rank's shards (their ``meta["subset"]["shard"]`` says which
     rows).
     """
-    from ncood.data.streams import parse_named_sets
-
     ood_specs = parse_named_sets(ood)  # {name: spec}, from "NAME=SPEC" or "SPEC"
     ctx = init_distributed(kwargs.get("device", "auto"))
     if ctx.is_distributed:
@@ -431,10 +431,6 @@ def extract_stream(
         FeatureSet: features ``(n, D)`` float32, logits ``(n, C)`` float32, labels
         ``(n,)`` int64 (None when every label is -1), ``layers``.
     """
-    from ncood.io import write_json
-    from ncood.models.adapters import wrap_model
-    from ncood.types import FORMAT_VERSION
-
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
     model = wrap_model(model)

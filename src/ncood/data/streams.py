@@ -44,11 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ncood.data.arrays import InputSpec
+from ncood.data.datasets import _split_dir, load_images, stratified_indices
+from ncood.data.formats import IMAGE_EXTENSIONS, list_image_files
 from ncood.data.transforms import cover_box, to_model_input
 from ncood.errors import ConfigError, DataError
-from ncood.io import safe_name
+from ncood.io import safe_name, safe_names
 from ncood.validation import check_number
 
 logger = logging.getLogger(__name__)
@@ -174,8 +177,6 @@ class EvalTransform:
         Resizing uses PIL (antialiased), as torchvision's and timm's eval transforms do
         on PIL images.
         """
-        from PIL import Image
-
         mode = "L" if self.channels == 1 else "RGB"
         w, h = image.size
         new_h, new_w, top, left = cover_box(h, w, self.size, self.size, resize=self.resize)
@@ -266,8 +267,6 @@ def parse_named_sets(items: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]
     Raises:
         ConfigError: two sets with one name, or two names with one file name.
     """
-    from ncood.io import safe_names
-
     if isinstance(items, Mapping):
         out = {str(k): v for k, v in items.items()}
     else:
@@ -501,8 +500,6 @@ def _registry_stream(
     n: int | None,
     seed: int,
 ) -> ImageStream:
-    from ncood.data.datasets import load_images
-
     shape = None if transform is None else (transform.channels, transform.size, transform.size)
     arrays = load_images(
         spec, split, root=root, n=n, seed=seed, shape=shape, allow_subset=allow_subset
@@ -521,8 +518,6 @@ def _registry_stream(
 
 
 def _subset_index(labels: np.ndarray | None, total: int, n: int, seed: int) -> np.ndarray:
-    from ncood.data.datasets import stratified_indices
-
     if labels is not None:
         return stratified_indices(labels, n, seed)
     rng = np.random.default_rng(seed)
@@ -717,8 +712,6 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         path = self.files[i]
         try:
             with Image.open(path) as img:
@@ -763,9 +756,6 @@ def _folder_stream(
     seed: int,
     num_workers: int,
 ) -> ImageStream:
-    from ncood.data.datasets import _split_dir
-    from ncood.data.formats import IMAGE_EXTENSIONS, list_image_files
-
     path = Path(spec[len("folder:") :]).expanduser()
     if not path.is_dir():
         raise DataError(f"image folder {path} does not exist; check the path after 'folder:'")

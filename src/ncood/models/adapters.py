@@ -39,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ncood.data.streams import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from ncood.errors import CheckpointError, ConfigError
+from ncood.io import file_sha256
 from ncood.registry import closest
 from ncood.types import LinearHead
 
@@ -509,7 +511,7 @@ def wrap_model(
 
 def _import_timm():
     try:
-        import timm
+        import timm  # the optional extra: only for timm: models
     except ImportError:
         raise ConfigError(
             f"timm models need the optional package timm, which is not installed; {TIMM_EXTRA}"
@@ -535,7 +537,7 @@ def build_model(spec: str, *, num_classes: int | None = None, **kwargs: Any) -> 
             )
         kwargs["num_classes"] = num_classes
     if family == "torchvision":
-        import torchvision
+        import torchvision  # its model zoo (~0.5 s to import): only for torchvision: models
 
         names = torchvision.models.list_models(module=torchvision.models)
         if name not in names:
@@ -607,8 +609,6 @@ def load_model(
         CheckpointError: unreadable weights, weights of another architecture (names the
             missing and unexpected keys), or a class-count mismatch (says both numbers).
     """
-    from ncood.io import file_sha256
-
     state = spec_hint = None
     if weights is not None:
         state, spec_hint = read_weights(weights)
@@ -813,8 +813,6 @@ def eval_transform(
     Returns:
         :class:`~ncood.data.streams.EvalTransform`.
     """
-    from ncood.data.streams import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
-
     name = ""
     if isinstance(model, str):
         family, name = _split_spec(model)
@@ -915,9 +913,7 @@ def _timm_config(model: nn.Module | None, name: str) -> dict[str, Any]:
 
 
 def _torchvision_config(model: nn.Module | None, name: str) -> dict[str, Any]:
-    import torchvision
-
-    from ncood.data.streams import IMAGENET_MEAN, IMAGENET_STD
+    import torchvision  # its model zoo (~0.5 s to import): only for torchvision: models
 
     base = dict(
         size=224,
