@@ -124,23 +124,9 @@ def environment(device: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stages
 def run_seeds(cfg: RunConfig) -> list[int]:
-    """The seeds a run trains each regime with: ``cfg.seeds``, else ``[cfg.seed]``.
-
-    Raises:
-        ConfigError: a seed listed twice, or bad bootstrap / snapshot sizes.
-    """
-    seeds = list(cfg.seeds) if cfg.seeds else [int(cfg.seed)]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"config.seeds lists a seed twice: {seeds}; list each seed once")
-    if cfg.bootstrap.n_boot < 0:
-        raise ConfigError(
-            f"config.bootstrap.n_boot must be >= 0 (0 = no intervals); got {cfg.bootstrap.n_boot}"
-        )
-    for key in ("snapshot_test_samples", "snapshot_ood_samples"):
-        n = getattr(cfg.collapse, key)
-        if n is not None and n < 1:
-            raise ConfigError(f"config.collapse.{key} must be >= 1 or null; got {n}")
-    return seeds
+    """The seeds a run trains each regime with: ``cfg.seeds``, else ``[cfg.seed]``
+    (checked by :func:`ncood.config.check_run_config`: distinct, non-negative)."""
+    return list(cfg.seeds) if cfg.seeds else [int(cfg.seed)]
 
 
 def train_dir(out: Path, regime: str, seed: int, *, several_seeds: bool) -> Path:
