@@ -180,7 +180,7 @@ def test_metrics_match_brute_force_loops(offset, sizes):
     z, y, head = clustered(c=6, d=12, per=25, spread=1.5, offset=offset, seed=7, sizes=sizes)
     m = collapse_metrics(z, y, head)
     ref = brute_force(z, y, head.weight)
-    assert {"n", "counts", "nc1", "mean_norms", "weight_cosines"} <= set(ref) & set(m)
+    assert set(ref) - {"s_w", "s_b"} <= set(m)  # every output the loops compute
     for key, val in ref.items():
         if key in m:
             np.testing.assert_allclose(m[key], val, rtol=1e-9, atol=1e-12, err_msg=key)
@@ -312,6 +312,12 @@ def test_inputs_that_disagree_with_the_statistics_raise():
     # given statistics are used as they are (not rebuilt from the features)
     m = layer_metrics(z, y, stats=stats, full=False)
     assert m["nc1_trace"] == pytest.approx(layer_metrics(z, y)["nc1_trace"], rel=1e-12)
+    # full=False drops the covariance-based entries even when the stats could give them
+    assert not {"nc1", "nc1_rank", "mean_norms", "mean_cosines"} & set(m)
+    assert not any(k.startswith("nc2_") for k in m)
+    assert (m["num_classes"], m["dim"], m["n"]) == (4, 6, 80)
+    ood = z[:9] + 1.0
+    assert nc5(None, None, ood, stats=stats) == pytest.approx(nc5(z, y, ood), rel=1e-12)
 
 
 def test_decision_pass_counts_every_chunk():
@@ -345,12 +351,22 @@ def test_zero_rows_have_cosine_zero():
 
 
 def test_cosines_of_parallel_rows_stay_within_one():
-    rows = np.array([[0.1, 0.7, 0.3], [0.3, 2.1, 0.9], [-0.2, -1.4, -0.6]])  # parallel
-    from ncood.collapse.metrics import _offdiag_cosines
+    from ncood.collapse.metrics import _offdiag_cosines, nc1_from_stats
 
+    # a row whose unit vector has a dot product with itself above 1 in float64
+    rng = np.random.default_rng(72)
+    x = next(
+        v
+        for v in rng.standard_normal((1000, 7))
+        if (v / np.linalg.norm(v)) @ (v / np.linalg.norm(v)) > 1.0
+    )
+    rows = np.stack([x, 3.0 * x, -2.0 * x])
     norms, cos = _offdiag_cosines(rows)
     np.testing.assert_allclose(cos, [1.0, -1.0, -1.0], atol=1e-15)
     assert np.all(np.abs(cos) <= 1.0)
+    # coincident class means: nc1_from_stats itself reports inf with 0 eigenpairs
+    y = np.repeat(np.arange(3), 4)
+    assert nc1_from_stats(ClassStats.from_features(np.ones((12, 3)), y, 3)) == (np.inf, 0)
 
 
 def test_nc5_centred_against_brute_force_with_unequal_classes():
@@ -659,12 +675,50 @@ def test_covariances_against_numpy():
     assert stats.sums[0, 0] != copy.sums[0, 0] and stats.second[0, 0] != copy.second[0, 0]
 
 
+def test_chunk_rows_policy(monkeypatch):
+    from ncood.collapse.stats import CHUNK_VALUES, chunk_rows
+
+    assert CHUNK_VALUES == 2**22  # 32 MiB of float64 per chunk
+    assert chunk_rows(1) == 2**22 and chunk_rows(512) == 2**13 and chunk_rows(2**23) == 1
+    assert chunk_rows(512, 100) == 100 and chunk_rows(512, 10**6) == 2**13  # capped
+    assert chunk_rows(10, 1) == 1 and chunk_rows(10, 0) == 1
+
+
+def test_update_checks_every_batch():
+    stats = ClassStats(3, 4)
+    stats.update(np.ones((0, 4)), np.zeros(0, dtype=int))  # empty: nothing, no shift
+    assert stats.shift is None and stats.n == 0
+    np.testing.assert_array_equal(stats.scatter_about(np.zeros(4)), np.zeros((4, 4)))
+    stats.update(np.arange(4.0)[None, :], [2])  # a single row counts
+    assert stats.counts.tolist() == [0, 0, 1] and stats.counts.dtype == np.int64
+    assert stats.shift.tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ShapeError, match=r"batch has shape \(2, 5\), but these statistics"):
+        stats.update(np.ones((2, 5)), [0, 1])
+    with pytest.raises(ShapeError, match="labels must lie in 0..2"):
+        stats.update(np.ones((2, 4)), [0, 3])
+    with pytest.raises(ShapeError, match="labels must lie in 0..2"):
+        ClassStats.from_features(np.ones((2, 4)), [0, 3], 3)
+    with pytest.raises(ShapeError, match="^features contains 1 NaN/inf"):
+        stats.update(np.array([[1.0, np.nan, 0.0, 0.0]]), [1])
+    assert ClassStats(2, 3, shift=[1, 2, 3]).shift.dtype == np.float64
+    # batches of >= 64 rows take the one-hot product path; several of them add up
+    z, y, _ = clustered(c=3, d=4, per=50, seed=71)
+    big = ClassStats.from_batches([(z[:70], y[:70]), (z[70:], y[70:])], 3, 4)
+    small = ClassStats.from_batches([(z[i : i + 5], y[i : i + 5]) for i in range(0, 150, 5)], 3, 4)
+    np.testing.assert_allclose(
+        big.sums + big.counts[:, None] * (big.shift - small.shift), small.sums, atol=1e-9
+    )
+    np.testing.assert_allclose(big.means, small.means, rtol=1e-12)
+    np.testing.assert_allclose(big.within_cov(), small.within_cov(), rtol=1e-10)
+
+
 def test_statistics_vector_round_trip_and_batches():
     z, y, _ = clustered(c=3, d=4, per=10, seed=61)
     stats = ClassStats.from_features(z, y, 3)
     back = ClassStats(3, 4, stats.shift).load_vector(stats.to_vector())
-    for key in ("counts", "sums", "sq_norms", "second"):
+    for key in ("counts", "sums", "sq_norms", "second", "shift"):
         assert np.array_equal(getattr(back, key), getattr(stats, key)), key
+    np.testing.assert_array_equal(back.means, stats.means)
     assert back.counts.dtype == np.int64
     light = ClassStats.from_features(z, y, 3, second_moment=False)
     assert light.to_vector().shape == (3 + 12 + 3,)
@@ -845,6 +899,16 @@ def test_errors_name_the_input():
         light.constant_features()
     with pytest.raises(ShapeError, match="^scatter_about needs"):
         light.scatter_about(np.zeros(4))
+    with pytest.raises(ShapeError, match="^within_scatter needs"):
+        light.within_cov()
+    bad = z.copy()
+    bad[4, 2] = np.inf
+    with pytest.raises(ShapeError, match="^features contains 1 NaN/inf"):
+        collapse_metrics(bad, y, head, stats=ClassStats.from_features(z, y, 3))
+    with pytest.raises(ShapeError, match="class\\(es\\) \\[2\\] have fewer than 2"):
+        collapse_metrics(z[y != 2], y[y != 2], head)  # the highest class is missing
+    with pytest.raises(ShapeError, match="class\\(es\\) \\[2\\] have fewer than 2"):
+        layer_metrics(z[y != 2], y[y != 2], num_classes=3)
 
 
 def test_light_layer_metrics_agree_with_full():

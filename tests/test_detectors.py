@@ -631,6 +631,19 @@ def test_fit_and_score_inputs_are_checked(data):
         ShapeError, match="^features has 23 features, but the head of vim is expecting"
     ):
         create_detector("vim").fit(z[:, :23], y, head)
+    with pytest.raises(ShapeError, match="^features must be a 2-D array"):
+        create_detector("vim").fit(z[0], y, head)
+    stats = ClassStats.from_features(z, y, head.num_classes)
+    z_nan = z.copy()
+    z_nan[5, 5] = np.nan
+    with pytest.raises(ShapeError, match="^train features contains 1 NaN/inf"):
+        create_detector("vim").fit(z_nan, None, head, stats=stats)  # the alpha pass
+    with pytest.raises(ShapeError, match=r"class\(es\) \[4\] have fewer than 1"):
+        create_detector("mahalanobis").fit(z[y != 4], y[y != 4], head)  # highest class
+    single = y.copy()
+    single[y == 3] = 2
+    single[np.flatnonzero(y == 2)[0]] = 3  # class 3 has one sample: enough for a mean
+    assert np.isfinite(create_detector("mahalanobis").fit(z, single, head).score(z, None)).all()
     # a detector that reads no logits scores without them
     maha = create_detector("mahalanobis").fit(z, y, head)
     np.testing.assert_array_equal(maha.score(data.X, None), maha.score(data.X, data.F))
@@ -674,6 +687,15 @@ def test_params_for_width_bring_dim_into_range(name):
     params = {"x": 3}
     assert mahalanobis.params_for_width(params, 2) == params
     assert mahalanobis.params_for_width(params, 2) is not params
+
+
+def test_whitening_drops_eigenvalues_below_the_cutoff_of_the_largest():
+    from ncood.detectors.gaussian import whitening_factor
+
+    q = np.linalg.qr(np.random.default_rng(8).normal(size=(4, 4)))[0]
+    cov = (q * [1e12, 1.0, 1e-5, 1e-5]) @ q.T  # 1e-5 < 4 eps 1e12 but > 4 eps 1
+    w = whitening_factor(cov)
+    assert w.shape == (4, 2) == (4, np.linalg.matrix_rank(cov))
 
 
 def test_eigen_cutoff_is_pinvh_s():

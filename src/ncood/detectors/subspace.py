@@ -255,8 +255,8 @@ class NECO(Detector):
         evals, evecs = eigh(corr)  # ascending
         evals, evecs = evals[::-1], evecs[:, ::-1]  # descending, as PCA orders components
         evals = np.maximum(evals, 0.0)  # tiny negative eigenvalues are rounding
-        total = evals.sum()
-        if total <= 0.0:
+        total = evals.sum()  # = the number of non-constant features (trace of corr)
+        if constant.all():
             raise ConfigError(
                 "NECO: every train feature is constant, so there is no principal subspace; "
                 "check the features"
