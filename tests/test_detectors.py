@@ -677,6 +677,7 @@ def test_detector_description(data):
 def test_params_for_width_bring_dim_into_range(name):
     cls = detector_class(name)
     assert cls.params_for_width({"dim": 64}, 32) == {"dim": 16}
+    assert type(cls.params_for_width({"dim": 64}, 33)["dim"]) is int  # 33 // 2, not 16.5
     assert cls.params_for_width({"dim": 32}, 32) == {"dim": 16}  # at the width: halved too
     assert cls.params_for_width({"dim": 31}, 32) == {"dim": 31}
     assert cls.params_for_width({"dim": 5}, 1) == {"dim": 1}  # never below 1
