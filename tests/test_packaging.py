@@ -21,6 +21,11 @@ def _pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+# module -> distribution for optional packages that may not be installed here (then
+# importlib.metadata cannot tell which distribution provides the module)
+NOT_INSTALLED_NAMES = {"faiss": "faiss-cpu", "captum": "captum", "timm": "timm"}
+
+
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -53,7 +58,8 @@ def test_every_imported_third_party_package_is_declared():
     for module, where in _imported_top_level_modules().items():
         if module in sys.stdlib_module_names or module in ("ncood", "__future__"):
             continue
-        dists = {_normalise(d) for d in distributions.get(module, [module])}
+        fallback = [NOT_INSTALLED_NAMES.get(module, module)]
+        dists = {_normalise(d) for d in distributions.get(module, fallback)}
         if not dists & declared:
             missing.append(f"{module} ({'/'.join(sorted(dists))}, imported in {where})")
     assert not missing, f"imported but in no [project] dependencies or extra: {missing}"
