@@ -192,6 +192,7 @@ def test_ncood_run_with_a_bad_config_fails_before_any_work(tmp_path, capsys, mon
         raise AssertionError("ncood run started training with a bad config")
 
     monkeypatch.setattr(ncood.train, "train", no_training)
+    monkeypatch.setattr("ncood.pipeline.train", no_training)  # bound at pipeline's import
     config = tmp_path / "bad.yaml"
     config.write_text("detectors:\n  msp: {}\n  vimm: {}\n")
     out = tmp_path / "out"

@@ -545,6 +545,7 @@ def extract_snapshots(
     ``max_train_samples``, ``seed``, data root), through the cache ``RUN_DIR/cache``; the
     test split is a one-image stub (collapse reads the train split and OOD sets).
     """
+    # data loading and the training stack (+0.35 s at import): only snapshot extraction
     from ncood.extract import extract_checkpoint
     from ncood.train import load_checkpoint
 

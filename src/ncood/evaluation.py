@@ -25,6 +25,7 @@ else) leaves ``out`` as it was.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -37,9 +38,16 @@ import torch
 from torch import nn
 
 from ncood import __version__
+from ncood.analysis import analyse
 from ncood.config import DETECTORS_DEFAULT
+from ncood.data.streams import as_transform, open_stream, parse_named_sets
+from ncood.detectors import create_detector
 from ncood.errors import ConfigError
-from ncood.io import safe_names
+from ncood.extract import extract_stream
+from ncood.io import safe_names, write_json
+from ncood.models.adapters import ModelAdapter, eval_transform, load_model, wrap_model
+from ncood.registry import closest
+from ncood.types import load_feature_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +99,6 @@ def evaluate(
         ConfigError, DataError, CheckpointError: a bad model, weights or data; one line
             that names the input and the fix. Nothing is written to ``out`` then.
     """
-    from ncood.analysis import analyse
-    from ncood.detectors import create_detector
-
     specs = dict(detectors) if isinstance(detectors, Mapping) else dict.fromkeys(detectors)
     for name, params in specs.items():  # a typo in a detector fails before any extraction
         create_detector(name, **dict(params or {}))
@@ -155,9 +160,6 @@ def prepare_model(
         ``(model, transform)``: the model in eval mode, an
         :class:`~ncood.data.streams.EvalTransform`.
     """
-    from ncood.data.streams import as_transform
-    from ncood.models.adapters import ModelAdapter, eval_transform, load_model, wrap_model
-
     overrides = dict(input_size=input_size, mean=mean, std=std)
     if isinstance(model, str) or weights is not None or num_classes is not None:
         model = load_model(
@@ -233,11 +235,6 @@ def extract_features(
     Returns:
         The :class:`~ncood.types.FeatureDir`, memory-mapped from ``out``.
     """
-    from ncood.data.streams import open_stream, parse_named_sets
-    from ncood.extract import extract_stream
-    from ncood.io import write_json
-    from ncood.types import load_feature_dir
-
     _check_options(model_options)
     model, tf = prepare_model(model, **model_options)
     layer_names = list(model.stage_names()) if layers is None else list(layers)
@@ -326,10 +323,6 @@ def extract_features(
 
 def _check_options(options: Mapping[str, Any]) -> None:
     """Unknown keyword arguments are a toolkit error naming the closest valid one."""
-    import inspect
-
-    from ncood.registry import closest
-
     valid = [
         p
         for f in (evaluate, extract_features, prepare_model)

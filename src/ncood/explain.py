@@ -59,10 +59,12 @@ from scipy.special import logsumexp
 
 from ncood.collapse import ClassStats
 from ncood.collapse.stats import chunk_rows, iter_chunks, read_chunk
-from ncood.data import load_images
+from ncood.data import InputSpec, load_images, to_model_input
 from ncood.detectors import create_detector
+from ncood.distributed import resolve_device
 from ncood.errors import ConfigError, ShapeError
 from ncood.results import PENULTIMATE, Results, row
+from ncood.train import model_from_checkpoint
 from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 log = logging.getLogger(__name__)
@@ -872,10 +874,6 @@ def explain_network(
         ``(results, arrays)``; ``arrays`` as :func:`explain_attributions` describes.
     """
     import torch
-
-    from ncood.data import InputSpec, to_model_input
-    from ncood.distributed import resolve_device
-    from ncood.train import model_from_checkpoint
 
     epoch = fd.meta.get("epoch") if epoch is None else epoch
     keys = {"regime": regime, "seed": seed, "epoch": None if epoch is None else int(epoch)}

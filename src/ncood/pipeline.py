@@ -31,60 +31,20 @@ import numpy as np
 from ncood import __version__
 from ncood.analysis import analyse, history_rows, snapshot_checkpoints
 from ncood.config import RunConfig, check_run_config, regime_train_dict
-from ncood.errors import ConfigError, NcoodError
-from ncood.io import atomic_open, safe_name
+from ncood.distributed import resolve_device
+from ncood.errors import ConfigError
+from ncood.extract import extract_checkpoint
+from ncood.io import RunLock, atomic_open, safe_name
 from ncood.metrics import CONVENTIONS
 from ncood.results import Results
+from ncood.train import TrainConfig, load_checkpoint, train
+from ncood.train.config import resume_conflicts
 from ncood.types import FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- helpers
-class RunLock:
-    """An exclusive lock file in the output directory (refuses a second concurrent run)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / ".lock"
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise NcoodError(
-                    f"another ncood run is writing {str(self.path.parent)!r} "
-                    f"(lock {str(self.path)!r}); wait for it, choose another output, or "
-                    "delete the lock if that run is dead"
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            return self
-        raise NcoodError(f"cannot take the lock {str(self.path)!r}")
-
-    def _stale(self) -> bool:
-        try:
-            pid = int(self.path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return True
-        if pid <= 0:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class Timer:
     def __init__(self) -> None:
         self.durations: dict[str, float] = {}
@@ -100,8 +60,6 @@ class Timer:
 
 def environment(device: str) -> dict[str, Any]:
     import torch
-
-    from ncood.distributed import resolve_device  # "auto" -> the device actually used
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -140,9 +98,6 @@ def train_regime(
     cfg: RunConfig, regime: str, overrides: dict[str, Any], run_dir: Path, seed: int
 ) -> Path:
     """Train one regime (or reuse/resume its run); return the final checkpoint path."""
-    from ncood.train import TrainConfig, load_checkpoint, train
-    from ncood.train.config import resume_conflicts
-
     if "checkpoint" in overrides:
         path = Path(overrides["checkpoint"])
         if len(overrides) > 1:
@@ -176,8 +131,6 @@ def extract(
     progress: bool = True,
 ) -> FeatureDir:
     """Features of one network on the config's data (cached; NaN/inf raise)."""
-    from ncood.extract import extract_checkpoint
-
     fd = extract_checkpoint(
         checkpoint,
         id_dataset=cfg.data.id,
@@ -209,8 +162,6 @@ def analyse_regime(
     scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[Results, FeatureDir]:
     """Every row of one trained network: its history, the final network, every snapshot."""
-    from ncood.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     final_epoch = int(ckpt.get("epoch", 0))
     col, boot = cfg.collapse, cfg.bootstrap

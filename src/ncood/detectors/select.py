@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ncood.collapse.stats import ClassStats
 from ncood.detectors.base import create_detector, detector_class
 from ncood.errors import ConfigError, ShapeError
 from ncood.metrics import auroc
@@ -154,8 +155,6 @@ def select(
     ood_z, ood_f = _pair(val_ood, "val_ood")
     cls = detector_class(name)
     if cls.uses_stats and stats is None and train_features is not None:
-        from ncood.collapse.stats import ClassStats
-
         stats = ClassStats.from_features(
             train_features, train_labels, head.num_classes, name="train features"
         )
