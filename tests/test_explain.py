@@ -596,3 +596,27 @@ def test_regime_findings_quote_each_regimes_margin_and_auroc():
         "91.00%; m +5.00 points, AUROC 79.00%."
     ]
     assert regime_findings(Results(rows), ["s"]) == []
+
+
+# ----------------------------------------------------------------------- integration
+def test_write_report_shows_the_section_with_the_saved_arrays(fd, res, tmp_path):
+    """write_report: the section from the rows, its thumbnails from DIR/explain.npz."""
+    from ncood.io import atomic_open
+    from ncood.report import SECTION_IDS, write_report
+
+    assert "explain" in SECTION_IDS
+    index = np.asarray(sorted(set(res.select(metric="example_score", ood="far")["j"])))
+    with atomic_open(tmp_path / "explain.npz", "wb") as fh:
+        np.savez(fh, **{"r/far/images": np.zeros((len(index), 1, 8, 8), np.uint8),
+                        "r/far/index": index})  # fmt: skip
+    paths = write_report(res, tmp_path)
+    html = paths["html"].read_text()
+    assert "Why the detectors behave as they do" in html
+    assert "explain_r_spectrum.png" in {p.name for p in (tmp_path / "figures").iterdir()}
+    assert "explain_r_examples_far.png" in {p.name for p in (tmp_path / "figures").iterdir()}
+    pf = res.select(metric="pred_fraction", ood="far").sort_values("value").iloc[-1]
+    assert f"absorbs {100 * pf['value']:.1f}% of the samples" in html
+    # a run without explanations: one note, no figure
+    bare = Results(res.select(metric="pc_msq"))
+    html = write_report(bare, tmp_path / "bare")["html"].read_text()
+    assert "The explanations were not computed in this run" in html

@@ -497,6 +497,7 @@ def test_section_ids_are_stable():
         "nc5",
         "depth",
         "epochs",
+        "explain",
         "findings",
     )
 

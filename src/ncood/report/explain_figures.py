@@ -574,7 +574,11 @@ def explain_section(report: Any, s: Any) -> None:
     arrays = getattr(report, "explain_arrays", None) or {}
     if not any(len(_rows(res, r, "pred_fraction")) for r in report.regimes):
         s.blocks.append(
-            Text("The explanations were not computed in this run (explain: false).", "note")
+            Text(
+                "The explanations were not computed in this run (`explain: true` in the run "
+                "config computes them).",
+                "note",
+            )
         )
         return
     s.blocks.append(

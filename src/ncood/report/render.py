@@ -50,6 +50,7 @@ SECTIONS = (
     ("nc5", "NC5: ID/OOD orthogonality"),
     ("depth", "Collapse and detection vs depth"),
     ("epochs", "Collapse across training"),
+    ("explain", "Why the detectors behave as they do"),
     ("findings", "Findings"),
 )
 SECTION_IDS = tuple(s for s, _ in SECTIONS)
@@ -390,7 +391,10 @@ class _Report:
             missing = f"Collapse across training of {reg}: not computed."
             if not self.table(s.blocks, T.epochs_table(self.res, reg), missing):
                 continue
-            df = self.res.select(regime=reg, layer=PENULTIMATE, detector=None, i=None)
+            df = self.res.select(
+                regime=reg, layer=PENULTIMATE, detector=None, i=None,
+                metric=[*T.EPOCH_LINES, "train_error", "nc5"],
+            )  # fmt: skip
             df = df.assign(col=df["metric"].where(df["ood"].isna(), "nc5 " + df["ood"].fillna("")))
             wide = df.pivot_table(index="epoch", columns="col", values="value", aggfunc="mean")
             nc5 = [f"nc5 {o}" for o in self.res.values("ood", metric="nc5")]
@@ -399,6 +403,11 @@ class _Report:
             zero, title = T.zero_error_epoch(self.res, reg), f"Collapse during training ({reg})"
             fig = F.epoch_lines(wide[lines], err, zero, title=title)
             self.figure(s.blocks, f"epochs_{_slug(reg)}", CAPTIONS["epochs"].format(reg), fig)
+
+    def explain(self, s: Section) -> None:
+        from ncood.report.explain_figures import explain_section  # ncood.explain's rows
+
+        explain_section(self, s)
 
     def findings_section(self, s: Section) -> None:
         s.blocks.append(
@@ -512,7 +521,8 @@ def write_report(
         directory: output directory (created if missing); files are written atomically.
         scores: optional raw scores ``"<regime>/<detector>/<split>" -> (n,)`` (``split`` is
             ``id`` or an OOD set) for the score-distribution and ROC figures; without them
-            those figures become "not computed" notes.
+            those figures become "not computed" notes. The explanation section's
+            thumbnails and attributions are read from ``directory/explain.npz`` when present.
 
     Returns:
         Paths by name: ``"html"``, ``"markdown"``, ``"figures"`` (the directory) and one
@@ -521,6 +531,9 @@ def write_report(
     out = Path(directory)
     results = T.named(results)
     report = _Report(results, scores)
+    if (out / "explain.npz").is_file():  # images and attributions of the explain section
+        with np.load(out / "explain.npz", allow_pickle=False) as npz:
+            report.explain_arrays = {k: npz[k] for k in npz.files}
     sections = report.sections()
     paths: dict[str, Path] = {"figures": out / "figures"}
     for fig in report.figures:
