@@ -40,6 +40,7 @@ from ncood.train import (
     train,
 )
 from ncood.train.augment import random_crop_flip
+from ncood.train import epoch as epoch_module
 from ncood.train.loop import batch_bounds, resolve_precision
 from ncood.train.optim import CosineFactor, StepFactor, build_optimizer, build_scheduler
 
@@ -158,6 +159,12 @@ def test_precision_auto_never_picks_emulated_bf16(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    # oneDNN says "supported" on plain AVX-512 too, where bf16 is emulated: flags decide
+    monkeypatch.setattr(epoch_module, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(epoch_module, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(epoch_module, "_cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
     assert resolve_precision("auto", cpu) == "bf16"
 
 

@@ -46,6 +46,9 @@ class CollapseConfig:
     snapshot_detectors: bool = True  # OOD detection at every snapshot (else NC only)
     snapshot_layers: bool = True  # per-layer analysis at every snapshot
     snapshot_test_samples: int | None = None  # ID test images per snapshot (None = data's)
+    # train images per snapshot for NC and detector fits (None = the final network's); used
+    # only when the network trained on the whole train split
+    snapshot_train_samples: int | None = None
     snapshot_ood_samples: int | None = None  # images per OOD set per snapshot (None = data's)
 
 
@@ -188,6 +191,7 @@ def check_run_config(cfg: RunConfig, *, output: str | os.PathLike | None = None)
         "data.test_samples": (cfg.data.test_samples, 1),
         "data.ood_samples": (cfg.data.ood_samples, 1),
         "collapse.snapshot_test_samples": (cfg.collapse.snapshot_test_samples, 1),
+        "collapse.snapshot_train_samples": (cfg.collapse.snapshot_train_samples, 1),
         "collapse.snapshot_ood_samples": (cfg.collapse.snapshot_ood_samples, 1),
         "bootstrap.n_boot": (cfg.bootstrap.n_boot, 0),
         "bootstrap.seed": (cfg.bootstrap.seed, 0),

@@ -125,6 +125,7 @@ def extract(
     cache: Path,
     seed: int,
     *,
+    train_samples: int | None,
     test_samples: int | None,
     ood_samples: int | None,
     layers: list[str] | None,
@@ -138,7 +139,7 @@ def extract(
         cache_dir=cache,
         data_root=cfg.data.root,
         layers=layers,
-        max_train_samples=cfg.data.train_samples,
+        max_train_samples=train_samples,
         max_test_samples=test_samples,
         max_ood_samples=ood_samples,
         allow_subset=cfg.data.allow_subset,
@@ -170,12 +171,16 @@ def analyse_regime(
         detectors=cfg.detectors, layer_detectors=col.layer_detectors, regime=regime, seed=seed
     )
     parts = [Results(history_rows(ckpt.get("history", []), regime=regime, seed=seed))]
+    # NC and detector fits use the images the network was trained on: a regime may train
+    # on its own subset (e.g. memorize: {max_train_samples: 2000})
+    train_n = (ckpt.get("config") or {}).get("max_train_samples", cfg.data.train_samples)
     with timer(f"{tag}/extract"):
         fd = extract(
             cfg,
             checkpoint,
             cache,
             seed,
+            train_samples=train_n,
             test_samples=cfg.data.test_samples,
             ood_samples=cfg.data.ood_samples,
             layers=col.layers,
@@ -193,6 +198,12 @@ def analyse_regime(
             else {**common, "detectors": None, "layer_detectors": []}
         )
         test_n = col.snapshot_test_samples or cfg.data.test_samples
+        # a smaller train subset per snapshot only where the network saw the whole split
+        # (a stratified subset of the split is then inside its training set; a subset of
+        # a subset need not be)
+        snap_train_n = train_n
+        if train_n is None and col.snapshot_train_samples:
+            snap_train_n = col.snapshot_train_samples
         for epoch, path in snaps:
             if epoch == final_epoch:
                 continue  # the final network, analysed above
@@ -202,6 +213,7 @@ def analyse_regime(
                     path,
                     cache,
                     seed,
+                    train_samples=snap_train_n,
                     test_samples=test_n if col.snapshot_detectors else 1,
                     ood_samples=col.snapshot_ood_samples or cfg.data.ood_samples,
                     layers=col.layers if col.snapshot_layers else [],

@@ -51,6 +51,18 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"``: ``"bf16"`` where the device computes in bfloat16 natively (CUDA with bf16
     support; CPUs whose oneDNN has bf16 kernels, i.e. avx512_bf16 or AMX), else ``"fp32"``.
@@ -64,7 +76,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         if device.type == "cpu":
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            # oneDNN also reports bf16 "supported" on plain AVX-512 CPUs, where it emulates
+            # it (slower than fp32): require the native instructions as well
+            native = _cpu_flags() & {"avx512_bf16", "amx_bf16"}
+            ok = bool(native) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            return "bf16" if ok else "fp32"
     except (AttributeError, RuntimeError):
         pass
     return "fp32"
