@@ -81,6 +81,9 @@ class RunConfig:
     )
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    # the report's "Why the detectors behave as they do" (ncood.explain) on each regime's
+    # final network (first seed); its Integrated Gradients need the extra `ncood[explain]`
+    explain: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

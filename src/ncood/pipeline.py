@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ncood import __version__
-from ncood.analysis import analyse, history_rows, snapshot_checkpoints
+from ncood.analysis import analyse, history_rows, relation_rows, snapshot_checkpoints
 from ncood.config import RunConfig, check_run_config, regime_train_dict
 from ncood.distributed import resolve_device
 from ncood.errors import ConfigError
@@ -161,8 +161,14 @@ def analyse_regime(
     timer: Timer,
     tag: str,
     scores_out: dict[str, np.ndarray] | None = None,
+    explain_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[Results, FeatureDir]:
-    """Every row of one trained network: its history, the final network, every snapshot."""
+    """Every row of one trained network: its history, the final network, every snapshot.
+
+    With ``cfg.explain`` and ``scores_out`` (the first seed) also the explanation rows of
+    the final network (:func:`ncood.explain.explain_network`); ``explain_out`` receives
+    their images and attributions, keys prefixed ``"<regime>/"``.
+    """
     ckpt = load_checkpoint(checkpoint)
     final_epoch = int(ckpt.get("epoch", 0))
     col, boot = cfg.collapse, cfg.bootstrap
@@ -189,6 +195,18 @@ def analyse_regime(
         parts.append(
             analyse(fd, epoch=final_epoch, bootstrap=bootstrap, scores_out=scores_out, **common)
         )
+    if cfg.explain and scores_out is not None:
+        from ncood.explain import explain_network
+
+        with timer(f"{tag}/explain"):
+            explained, arrays = explain_network(
+                fd, checkpoint, detectors=cfg.detectors, scores=scores_out,
+                data_root=cfg.data.root, allow_subset=cfg.data.allow_subset, device=cfg.device,
+                regime=regime, seed=seed, epoch=final_epoch,
+            )  # fmt: skip
+        parts.append(explained)
+        if explain_out is not None:
+            explain_out.update({f"{regime}/{k}": v for k, v in arrays.items()})
     if col.across_training:
         snaps = snapshot_checkpoints(Path(checkpoint).parent)
         # OOD detection at every snapshot unless switched off (then NC only: no test split)
@@ -251,6 +269,7 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
     several = len(seeds) > 1
     parts: list[Results] = []
     all_scores: dict[str, np.ndarray] = {}
+    explained: dict[str, np.ndarray] = {}  # example images and attributions (explain.npz)
     networks: list[dict[str, Any]] = []
     data_info: dict[str, Any] = {}
     with RunLock(out):
@@ -271,6 +290,7 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
                     timer,
                     tag,
                     scores_out=scores if seed == seeds[0] else None,
+                    explain_out=explained,
                 )
                 parts.append(res)
                 all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
@@ -300,6 +320,9 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
                 "notes": [n for p in parts for n in p.meta.get("notes", [])],
             },
         )
+        # the relation of AUROC and collapse over every point (descriptive, issue 11)
+        boot = cfg.bootstrap
+        results.extend(relation_rows(results, n_boot=boot.n_boot or 1000, seed=boot.seed))
         # heavy: the report imports matplotlib and jinja2
         from ncood.report import findings, write_report
 
@@ -307,6 +330,9 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
         results.save(out)
         with atomic_open(out / "scores.npz", "wb") as fh:
             np.savez_compressed(fh, **all_scores)
+        if explained:  # read by write_report from the output directory
+            with atomic_open(out / "explain.npz", "wb") as fh:
+                np.savez_compressed(fh, **explained)
         write_report(results, out, scores=all_scores)
     return results
 
