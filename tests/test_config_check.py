@@ -230,3 +230,34 @@ def test_named_ood_sets(cfg, tmp_path):
     _fails(cfg, r"^config\.data\.ood: two data sets are named 'x'")
     cfg.data.ood = [f"faces=folder:{tmp_path / 'no_such_folder'}"]
     _fails(cfg, r"^config\.data\.ood\[0\]: .*no_such_folder")
+
+
+@pytest.mark.slow
+def test_ncood_run_fails_before_importing_the_pipeline(tmp_path):
+    """In a fresh process the check runs before the pipeline/report stack is imported."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("detectors:\n  vimm: {}\n")
+    out = tmp_path / "out"
+    code = (
+        "import sys; from ncood.cli.main import main; "
+        f"rc = main(['run', {str(config)!r}, '--out', {str(out)!r}]); "
+        "print(sorted(m for m in ('ncood.pipeline', 'ncood.report') if m in sys.modules)); "
+        "sys.exit(rc)"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NCOOD_OFFLINE": "1"},
+    )
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert "config.detectors: unknown detector 'vimm'" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+    print(f"`ncood run` with a bad config: exit 2 after {seconds:.1f} s (python + torch + check)")

@@ -30,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
     # heavy: keep --help fast
     import yaml
 
-    from ncood.config import default_config_path, load_config
-    from ncood.pipeline import run as run_pipeline
-    from ncood.report import terminal_summary
+    from ncood.config import check_run_config, default_config_path, load_config
 
     cfg = load_config(args.config)
     if args.data_root:
@@ -44,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(
         "ncood run: config %s -> %s", args.config or f"{default_config_path()} (embedded)", out
     )
+    # checked before the pipeline/report stack is imported (~1.5 s): a bad config fails in
+    # seconds; pipeline.run checks again (cheap: the data is in the decode cache)
+    check_run_config(cfg, output=out)
+    from ncood.pipeline import run as run_pipeline  # heavy: keep --help fast
+    from ncood.report import terminal_summary  # heavy: keep --help fast
+
     results = run_pipeline(cfg, output=out)
     print(terminal_summary(results))
     print(f"\nresults: {out / 'results.csv'}\nreport: {out / 'report.html'}")
