@@ -20,6 +20,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
+from ncood.analysis import relation_rows
 from ncood.data.datasets import FASHION_MNIST_CLASSES
 from ncood.results import PENULTIMATE, Results, row
 
@@ -352,13 +353,21 @@ def meta(n_id: int, n_ood: int) -> dict:
 
 
 def make_results(
-    seed: int = 0, n_id: int = 1000, n_ood: int = 600, *, intervals: bool = False
+    seed: int = 0,
+    n_id: int = 1000,
+    n_ood: int = 600,
+    *,
+    intervals: bool = False,
+    snapshot_auroc: bool = False,
 ) -> tuple[Results, dict[str, np.ndarray]]:
     """``(results, scores)`` of a synthetic two-regime run, every number computed.
 
     Args:
         intervals: add bootstrap intervals to the AUROC rows and paired ``auroc_diff`` rows
             (each detector against the next one in :data:`DETECTORS`).
+        snapshot_auroc: add penultimate-layer AUROC at the earlier snapshots (separation
+            growing with training). The ``spearman`` rows of
+            :func:`ncood.analysis.relation_rows` (``n_boot=200``) are always added.
     """
     rng = np.random.default_rng(seed)
     rows, scores = [], {}
@@ -367,7 +376,29 @@ def make_results(
         regime_rows, regime_scores = _regime_rows(rng, regime, n_id, n_ood, intervals)
         rows += regime_rows
         scores.update(regime_scores)
-    return Results(rows, meta(n_id, n_ood)), scores
+    if snapshot_auroc:  # its own generator: the rows above stay as they were
+        rows += _snapshot_auroc_rows(np.random.default_rng(seed + 1000), n_id, n_ood)
+    res = Results(rows, meta(n_id, n_ood))
+    res.extend(relation_rows(res, n_boot=200, seed=0))
+    return res, scores
+
+
+def _snapshot_auroc_rows(rng: np.random.Generator, n_id: int, n_ood: int) -> list[dict]:
+    """AUROC of every detector on the penultimate layer at the snapshots before the last."""
+    rows = []
+    for regime in REGIMES:
+        for k, e in enumerate(SNAPSHOTS[:-1]):
+            scores = _scores(rng, regime, (k + 1) / len(SNAPSHOTS), n_id, n_ood)
+            for det, ood in itertools.product(DETECTORS, OOD_SETS):
+                v = roc_auc_score(
+                    np.r_[np.ones(n_id), np.zeros(n_ood)],
+                    np.r_[scores[f"{regime}/{det}/id"], scores[f"{regime}/{det}/{ood}"]],
+                )
+                rows.append(
+                    row("auroc", v, regime=regime, seed=0, epoch=e, layer=PENULTIMATE,
+                        detector=det, ood=ood, params=PARAMS.get(det), n_id=n_id, n_ood=n_ood)
+                )  # fmt: skip
+    return rows
 
 
 def with_seeds(results: Results, n: int = 3, seed: int = 1) -> Results:

@@ -12,6 +12,7 @@ from ncood.analysis import (
     feature_space,
     history_rows,
     layer_keys,
+    relation_rows,
     snapshot_checkpoints,
     snapshot_dirs,
     train_error,
@@ -27,7 +28,7 @@ from ncood.metrics import (
     paired_auroc_difference,
 )
 from ncood.probe import fit_linear_head
-from ncood.results import KEYS, PENULTIMATE, Results
+from ncood.results import KEYS, PENULTIMATE, Results, row
 from ncood.types import FeatureDir, FeatureSet, LinearHead
 
 C, D = 4, 10
@@ -295,3 +296,58 @@ def test_snapshots_as_rows_track_collapse_and_the_zero_error_epoch():
     # the terminal phase starts at the first epoch with zero training error (a query)
     err = res.select(metric="train_error").sort_values("epoch")
     assert int(err[err["value"] == 0]["epoch"].iloc[0]) == 4
+
+
+def _relation_results(rng: np.random.Generator) -> tuple[Results, dict]:
+    """AUROC and NC rows over 2 regimes x 4 epochs x 2 layers; expected (x, y) per NC metric."""
+    rows, pts = [], {}
+    for regime in ("standard", "memorize"):
+        for epoch in range(1, 5):
+            for layer in ("layer3", PENULTIMATE):
+                k = dict(regime=regime, seed=0, epoch=epoch, layer=layer)
+                nc = {m: float(rng.lognormal()) for m in ("nc1", "nc1_trace", "cdnv")}
+                nc5v = float(rng.uniform())
+                au = float(0.9 - 0.05 * np.log(nc["nc1"]) + 0.02 * rng.normal())
+                rows += [row(m, v, **k) for m, v in nc.items()]
+                rows.append(row("nc5", nc5v, ood="mnist", **k))
+                rows.append(row("auroc", au, detector="neco", ood="mnist", params={"a": 1}, **k))
+                for m, v in {**nc, "nc5": nc5v}.items():
+                    pts.setdefault(m, ([], []))
+                    pts[m][0].append(au)
+                    pts[m][1].append(v)
+    # a detector with only 2 points: no row; an NC metric of another OOD set is ignored
+    rows += [
+        row(
+            "auroc",
+            0.5 + e / 10,
+            detector="msp",
+            ood="mnist",
+            regime="standard",
+            seed=0,
+            epoch=e,
+            layer=PENULTIMATE,
+        )
+        for e in (1, 2)
+    ]
+    rows.append(row("nc5", 0.3, ood="other", regime="standard", seed=0, epoch=1, layer="layer3"))
+    return Results(rows), pts
+
+
+def test_relation_rows_match_scipy_spearman():
+    from scipy.stats import spearmanr
+
+    res, pts = _relation_results(np.random.default_rng(3))
+    rel = relation_rows(res, n_boot=300, seed=1)
+    assert set(rel.metrics()) == {"spearman"}
+    assert rel.values("detector") == ["neco"]
+    for name, (x, y) in pts.items():
+        got = rel.select(params={"ood_metric": "auroc", "nc_metric": name})
+        assert len(got) == 1, name
+        r = got.iloc[0]
+        assert r["ood"] == "mnist" and int(r["n_id"]) == len(x) == 16
+        assert r["value"] == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    # deterministic for a seed
+    again = relation_rows(res, n_boot=300, seed=1).to_frame()
+    assert again.equals(rel.to_frame())
+    assert len(relation_rows(Results())) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import os
 import re
@@ -19,6 +20,7 @@ from PIL import Image
 from ncood.report import SECTION_IDS, findings, terminal_summary, write_report
 from ncood.report import tables as T
 from ncood.results import COLUMNS, PENULTIMATE, Results
+from ncood.results import row as result_row
 from report_fixtures import (
     CLASSES,
     DETECTORS,
@@ -46,6 +48,7 @@ EXPECTED_FIGURES = {
         for k in ("variance", "cosines", "alignment", "distances")
     ),
     *(f"depth_{r}_{k}.png" for r in REGIMES for k in ("collapse", "auroc")),
+    "relation_nc1_auroc_neco.png",  # per-epoch relation figures need snapshot AUROC
 }
 OPTIONAL = ["nc1", "nc1_trace", "cdnv", "nc5", "nc5_centred", "train_error",
             "within_class_variance",
@@ -172,7 +175,8 @@ def test_results_follow_the_schema(fixture_data, with_ci, tmp_path, intervals):
     assert (per_class.groupby(["regime", "epoch", "layer", "metric"]).size() == C).all()
     assert (pairs.groupby(["regime", "epoch", "layer", "metric"]).size() == C * (C - 1) // 2).all()
     ci = df[df["ci_low"].notna()]
-    assert len(ci) > 0 if intervals else len(ci) == 0
+    ood_ci = ci[ci["metric"] != "spearman"]  # the relation's rows always have intervals
+    assert len(ood_ci) > 0 if intervals else len(ood_ci) == 0
     assert ((ci["ci_low"] <= ci["value"]) & (ci["value"] <= ci["ci_high"])).all()
     assert df["value"].map(np.isfinite).all()
     assert Results.load(res.save(tmp_path)).to_frame().equals(df)  # round trip, exact
@@ -497,6 +501,7 @@ def test_section_ids_are_stable():
         "nc5",
         "depth",
         "epochs",
+        "relation",
         "explain",
         "findings",
     )
@@ -608,3 +613,83 @@ def test_anything_but_results_is_refused_with_a_clear_error(tmp_path):
         with pytest.raises(ConfigError, match=r"Results; got dict\. Load a run with Results\.load"):
             call({"schema_version": 1, "regimes": {}})
     assert not (tmp_path / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# collapse and detection (the relation)
+def _rho_cell(r) -> str:
+    return f"{r['value']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+
+
+def test_relation_section_tables_figures_and_sentences(tmp_path):
+    from ncood.report.render import (
+        RELATION_NC,
+        relation_sentences,
+        relation_table,
+        terminal_epoch,
+    )
+
+    res = make_results(n_id=200, n_ood=150, snapshot_auroc=True)[0]
+    rel = res.select(metric="spearman")
+    assert set(rel["ood"]) == set(OOD_SETS) and set(rel["detector"]) == set(DETECTORS)
+    columns = [m for m, _ in RELATION_NC]
+    for ood in OOD_SETS:
+        table = relation_table(res, ood)
+        cells = {r[0].text: [c.text for c in r[1:]] for r in table.rows}
+        for _, r in rel[rel["ood"] == ood].iterrows():
+            nc = json.loads(r["params"])["nc_metric"]
+            assert cells[r["detector"]][columns.index(nc)] == _rho_cell(r)
+            assert str(int(r["n_id"])) in cells[r["detector"]][-1]
+    # memorize reaches 100% train accuracy; standard (label noise) never does
+    acc = res.select(regime="memorize", metric="train_acc")
+    assert terminal_epoch(res, "memorize") == int(acc[acc["value"] >= 1.0]["epoch"].min())
+    assert terminal_epoch(res, "standard") is None
+    out = write_report(res, tmp_path)
+    html = out["html"].read_text()
+    section = html.split('id="relation"')[1].split('id="explain"')[0]
+    assert "Collapse and detection" in html
+    for _, r in rel.iterrows():
+        assert _rho_cell(r) in section
+    for s in relation_sentences(res):
+        assert s.replace("&", "&amp;") in section
+    assert len(relation_sentences(res)) == len(OOD_SETS)
+    for name in ("relation_nc1_auroc_neco.png", *(f"relation_epochs_{r}.png" for r in REGIMES)):
+        assert (tmp_path / "figures" / name).is_file(), name
+        assert f"](figures/{name})" in out["markdown"].read_text()
+
+
+@pytest.mark.parametrize(
+    ("rho", "lo", "hi", "verdict"),
+    [
+        (-0.6, -0.8, -0.3, "agrees with NECO's claim"),
+        (-0.2, -0.5, 0.1, "no evidence either way"),
+        (0.1, -0.3, 0.4, "no evidence either way"),
+        (0.5, 0.2, 0.7, "disagrees with NECO's claim"),
+        (math.nan, math.nan, math.nan, "undefined"),
+    ],
+)
+def test_relation_sentences_follow_the_sign_rule(rho, lo, hi, verdict):
+    from ncood.report.render import relation_sentences
+
+    nc1 = {"ood_metric": "auroc", "nc_metric": "nc1"}
+    res = Results(
+        [
+            result_row("spearman", rho, detector="neco", ood="x", params=nc1, ci=(lo, hi), n_id=12),
+            result_row(
+                "spearman", 0.3, detector="msp", ood="x", params=nc1, ci=(0.1, 0.5), n_id=12
+            ),
+        ]
+    )
+    (sentence,) = relation_sentences(res)
+    assert sentence.startswith("On x: NECO: Spearman rho(AUROC, NC1) = ")
+    assert verdict in sentence and "12 points" in sentence and "msp" not in sentence
+    if np.isfinite(rho):
+        assert f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]" in sentence
+    phrases = {
+        "agrees": ", agrees with NECO's claim",
+        "disagrees": ", disagrees with NECO's claim",
+        "none": "no evidence either way",
+    }
+    said = {k for k, p in phrases.items() if p in sentence}
+    want = {"agrees with NECO's claim": {"agrees"}, "disagrees with NECO's claim": {"disagrees"}}
+    assert said == want.get(verdict, {"none"}), sentence

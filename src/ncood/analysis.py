@@ -58,6 +58,7 @@ from ncood.metrics import (
     bootstrap_ood_metrics,
     ood_metrics,
     paired_auroc_difference,
+    spearman_ci,
 )
 from ncood.probe import fit_linear_head
 from ncood.results import PENULTIMATE, Results, row
@@ -607,3 +608,78 @@ def analyse_run_snapshots(
         "notes": [n for p in parts for n in p.meta.get("notes", [])],
     }
     return Results.concat(parts, meta=meta)
+
+
+#: NC metrics correlated with AUROC by :func:`relation_rows` (``nc5`` is matched on ``ood``).
+RELATION_NC_METRICS = ("nc1", "nc1_trace", "cdnv", "nc5")
+
+_POINT = ["regime", "seed", "epoch", "layer"]
+
+
+def _points(df: Any, keys: list[str]) -> Any:
+    """Finite rows of ``df`` with one value per ``keys`` (the first when repeated)."""
+    df = df[np.isfinite(df["value"].to_numpy(dtype=float, na_value=np.nan))]
+    df = df.astype({k: object for k in keys}).fillna({k: "" for k in keys})
+    return df.drop_duplicates(subset=keys, keep="first")[[*keys, "value"]]
+
+
+def relation_rows(results: Results, *, n_boot: int = 1000, seed: Any = 0) -> Results:
+    """Spearman correlation of AUROC with neural-collapse metrics, per (detector, OOD set).
+
+    For each (detector, ood) with ``auroc`` rows, and each NC metric in
+    :data:`RELATION_NC_METRICS`, the points are the (regime, seed, epoch, layer) where both
+    exist (``nc5`` also matched on ``ood``); ``rho`` and its bootstrap interval over points
+    come from :func:`ncood.metrics.spearman_ci`. The points (snapshots x layers x regimes x
+    seeds of the same networks) are not independent: the numbers are descriptive. This is
+    the relation of issue 11 (NECO, Ben Ammar et al. 2024, arXiv 2310.06823, claims OOD
+    detection improves as collapse grows; Harun, Gallardo & Kanan, ICML 2025, relate
+    per-layer NC1 and OOD detection).
+
+    Args:
+        results: a run's table with ``auroc`` rows and NC rows.
+        n_boot: bootstrap replicates of the interval (``>= 1``).
+        seed: seed of the resampling (int, ``SeedSequence`` or ``Generator``).
+
+    Returns:
+        Rows ``metric="spearman"``, ``detector``, ``ood``,
+        ``params={"ood_metric": "auroc", "nc_metric": NAME}``, ``value`` = rho (NaN when
+        one side is constant), ``ci_low``/``ci_high``, ``n_id`` = number of points. No row
+        for a pair with fewer than 3 points.
+    """
+    out = Results()
+    auroc = results.select(metric="auroc")
+    if not len(auroc):
+        return out
+    rows: list[dict[str, Any]] = []
+    for (det, ood), grp in auroc.groupby(["detector", "ood"], sort=False, dropna=True):
+        a = _points(grp, _POINT)
+        for name in RELATION_NC_METRICS:
+            keys = [*_POINT, "ood"] if name == "nc5" else _POINT
+            filt = {"metric": name, "ood": ood} if name == "nc5" else {"metric": name, "ood": None}
+            nc = _points(results.select(**filt), keys)
+            both = a.merge(nc, on=_POINT, suffixes=("_ood", "_nc"))
+            n = len(both)
+            if n < 3:
+                log.debug("relation %s/%s vs %s: %d point(s), no row", det, ood, name, n)
+                continue
+            rho, lo, hi = iv = spearman_ci(
+                both["value_ood"].to_numpy(float),
+                both["value_nc"].to_numpy(float),
+                n_boot=n_boot,
+                seed=seed,
+            )
+            if iv.note:
+                log.info("relation %s/%s vs %s: %s", det, ood, name, iv.note)
+            rows.append(
+                row(
+                    "spearman",
+                    rho,
+                    detector=det,
+                    ood=ood,
+                    params={"ood_metric": "auroc", "nc_metric": name},
+                    ci=(lo, hi),
+                    n_id=n,
+                )
+            )
+    out.extend(rows)
+    return out

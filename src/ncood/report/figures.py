@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
@@ -401,4 +402,76 @@ def layer_auroc(auroc: pd.DataFrame, *, title: str) -> Figure:
     axes[0, 0].set_ylabel("AUROC (%)")
     axes[0, 0].legend(frameon=False, fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def nc1_auroc_scatter(points: pd.DataFrame, *, title: str) -> Figure:
+    """NC1 (log x) against AUROC, one point per (regime, seed, snapshot, layer).
+
+    ``points``: columns ``regime``, ``layer``, ``ood``, ``nc1``, ``auroc`` (fraction); one
+    panel per OOD set, colour = regime, marker = layer (Harun, Gallardo & Kanan, ICML 2025
+    plot per-layer NC1 against OOD detection the same way).
+    """
+    oods = list(dict.fromkeys(points["ood"]))
+    regimes = list(dict.fromkeys(points["regime"]))
+    layers = list(dict.fromkeys(points["layer"]))
+    fig, axes = _grid(1, max(len(oods), 1), (3.9, 3.3), sharey=True)
+    for ax, ood in zip(axes[0], oods, strict=False):
+        df = points[points["ood"] == ood]
+        for r, reg in enumerate(regimes):
+            for k, lay in enumerate(layers):
+                d = df[(df["regime"] == reg) & (df["layer"] == lay)]
+                if len(d):
+                    ax.scatter(
+                        d["nc1"], 100 * d["auroc"], s=22, alpha=0.8,
+                        color=PALETTE[r % len(PALETTE)], marker=MARKERS[k % len(MARKERS)],
+                    )  # fmt: skip
+        ax.set_xscale("log")
+        ax.axhline(50, ls=":", color="0.4", lw=1)
+        ax.set(title=f"{title}: {ood}", xlabel="NC1 (log scale)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("AUROC (%)")
+    handles = [
+        Patch(color=PALETTE[r % len(PALETTE)], label=f"regime {reg}")
+        for r, reg in enumerate(regimes)
+    ]
+    handles += [
+        Line2D([], [], ls="", color="0.3", marker=MARKERS[k % len(MARKERS)], label=str(lay))
+        for k, lay in enumerate(layers)
+    ]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
+    return fig
+
+
+def auroc_nc1_epochs(
+    auroc: pd.DataFrame, nc1: pd.Series, terminal: int | None, *, title: str
+) -> Figure:
+    """AUROC per snapshot (left axis) and NC1 (right axis, log) on twin axes.
+
+    ``auroc``: epoch x (detector, ood) fractions; one panel per OOD set. ``nc1``: NC1 of
+    the penultimate layer per epoch. A dashed line marks ``terminal``, the first snapshot
+    at 100% train accuracy (the terminal phase, Papyan, Han & Donoho 2020).
+    """
+    oods = list(dict.fromkeys(auroc.columns.get_level_values(1)))
+    fig, axes = _grid(1, max(len(oods), 1), (4.2, 3.3))
+    for ax, ood in zip(axes[0], oods, strict=False):
+        for k, det in enumerate(dict.fromkeys(auroc.columns.get_level_values(0))):
+            if (det, ood) in auroc:
+                s = auroc[(det, ood)].dropna()
+                ax.plot(
+                    s.index, 100 * s.to_numpy(float), marker=MARKERS[k % 8], ms=4,
+                    color=detector_color(det), label=f"{det} AUROC",
+                )  # fmt: skip
+        ax.set(title=f"{title}: {ood}", xlabel="epoch", ylabel="AUROC (%)")
+        ax.grid(True, alpha=0.3)
+        tw = ax.twinx()
+        n = nc1.dropna()
+        tw.plot(n.index, n.to_numpy(float), color=PALETTE[6], ls="--", marker=".", label="NC1")
+        tw.set_yscale("log")
+        tw.set_ylabel("NC1 (log scale)")
+        if terminal is not None:
+            ax.axvline(terminal, color="0.35", ls=":", lw=1.4, label=f"100% train acc ({terminal})")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = tw.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, frameon=False, fontsize=7)
     return fig

@@ -50,6 +50,7 @@ SECTIONS = (
     ("nc5", "NC5: ID/OOD orthogonality"),
     ("depth", "Collapse and detection vs depth"),
     ("epochs", "Collapse across training"),
+    ("relation", "Collapse and detection"),
     ("explain", "Why the detectors behave as they do"),
     ("findings", "Findings"),
 )
@@ -69,6 +70,11 @@ CAPTIONS = {  # "{}" is the regime
     "depth_auroc": "AUROC of the feature-space detectors on each layer's pooled features ({}).",
     "epochs": "Collapse metrics and NC5 at each training snapshot ({}, log scale), with the "
     "training error below.",
+    "relation_scatter": "NC1 (log scale) against AUROC of {}, one point per training snapshot "
+    "and layer (every regime and seed); colour = regime, marker = layer.",
+    "relation_epochs": "AUROC (left axis, solid) of NECO, ViM and the best detector on the "
+    "penultimate layer, and NC1 (right axis, dashed, log scale) per snapshot ({}); the dotted "
+    "line marks the first snapshot at 100% train accuracy (the terminal phase).",
     "scores": "Score distributions ({}): ID test (filled, detector colour) vs each OOD set (dark "
     "outline); rows are detectors, columns OOD sets. Higher scores mean more in-distribution.",
     "roc": "ROC curves ({}), ID positive; AUROC in the legend. Dots mark each detector's FPR@95 "
@@ -404,6 +410,71 @@ class _Report:
             fig = F.epoch_lines(wide[lines], err, zero, title=title)
             self.figure(s.blocks, f"epochs_{_slug(reg)}", CAPTIONS["epochs"].format(reg), fig)
 
+    def relation(self, s: Section) -> None:
+        rel = self.res.select(metric="spearman")
+        if not len(rel):
+            s.blocks.append(
+                Text("Collapse and detection: not computed (no Spearman rows).", "note")
+            )
+            return
+        s.blocks.append(
+            Text(
+                "Spearman correlation of AUROC with each collapse metric over the points "
+                "(training snapshot x layer x regime x seed) where both were measured, with a "
+                "95% bootstrap interval over points. The points come from the same networks and "
+                "are not independent: the numbers describe this run, they are not a test."
+            )
+        )
+        for o in relation_oods(self.res):
+            s.blocks.append(relation_table(self.res, o))
+        items = relation_sentences(self.res)
+        if items:
+            s.blocks.append(Items(items))
+        pts = self._nc1_auroc_points("neco")
+        if len(pts):
+            caption = CAPTIONS["relation_scatter"].format("NECO")
+            fig = F.nc1_auroc_scatter(pts, title="NECO")
+            self.figure(s.blocks, "relation_nc1_auroc_neco", caption, fig)
+        else:
+            s.blocks.append(Text("NC1 against NECO's AUROC: not computed.", "note"))
+        for reg in self.regimes:
+            wide, nc1 = self._relation_epochs(reg)
+            if wide is None:
+                continue
+            fig = F.auroc_nc1_epochs(wide, nc1, terminal_epoch(self.res, reg), title=reg)
+            caption = CAPTIONS["relation_epochs"].format(reg)
+            self.figure(s.blocks, f"relation_epochs_{_slug(reg)}", caption, fig)
+
+    def _nc1_auroc_points(self, det: str) -> pd.DataFrame:
+        """One row per (regime, seed, epoch, layer, ood) with ``nc1`` and ``auroc``."""
+        keys = ["regime", "seed", "epoch", "layer"]
+        au = self.res.select(metric="auroc", detector=det)
+        nc = self.res.select(metric="nc1", ood=None, detector=None)
+        au = au.drop_duplicates([*keys, "ood"])[[*keys, "ood", "value"]]
+        nc = nc.drop_duplicates(keys)[[*keys, "value"]]
+        df = au.merge(nc, on=keys, suffixes=("_a", "_n")).rename(
+            columns={"value_a": "auroc", "value_n": "nc1"}
+        )
+        return df[np.isfinite(df["auroc"]) & (df["nc1"] > 0)]
+
+    def _relation_epochs(self, reg: str) -> tuple[pd.DataFrame | None, pd.Series]:
+        """Epoch x (detector, ood) AUROC (NECO, ViM, the best) and NC1, penultimate layer."""
+        au = self.res.select(regime=reg, layer=PENULTIMATE, metric="auroc")
+        nc1 = self.res.select(regime=reg, layer=PENULTIMATE, metric="nc1", ood=None)
+        nc1 = nc1.groupby("epoch")["value"].mean()
+        if au["epoch"].nunique() < 2:
+            return None, nc1
+        last = au[au["epoch"] == au["epoch"].max()]
+        keep = {"neco", "vim"}
+        for _, g in last.groupby("ood", sort=False):
+            best = g.groupby("detector", sort=False)["value"].mean()
+            keep.add(str(best.idxmax()))
+        au = au[au["detector"].isin(keep)]
+        wide = au.pivot_table(
+            index="epoch", columns=["detector", "ood"], values="value", aggfunc="mean", sort=False
+        )
+        return wide.sort_index(), nc1.sort_index()
+
     def explain(self, s: Section) -> None:
         from ncood.report.explain_figures import explain_section  # ncood.explain's rows
 
@@ -452,6 +523,92 @@ class _Report:
             (build.get(sid) or getattr(self, sid))(s)
             out.append(s)
         return out
+
+
+# ---------------------------------------------------------------------- the relation
+#: NC metrics of the relation table, in column order, with their headers.
+RELATION_NC = (("nc1", "NC1"), ("nc1_trace", "NC1 (trace)"), ("cdnv", "CDNV"), ("nc5", "NC5"))
+
+
+def _spearman(res: Results, det: str, ood: str, nc: str) -> pd.Series | None:
+    df = res.select(
+        metric="spearman", detector=det, ood=ood, params={"ood_metric": "auroc", "nc_metric": nc}
+    )
+    return df.iloc[0] if len(df) else None
+
+
+def rho_text(r: pd.Series) -> str:
+    """``rho [lo, hi]`` with two decimals (``undefined`` when rho is NaN)."""
+    if not np.isfinite(r["value"]):
+        return "undefined"
+    lo, hi = r["ci_low"], r["ci_high"]
+    ci = f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+    return f"{r['value']:+.2f}{ci}"
+
+
+def relation_oods(res: Results) -> list[str]:
+    return res.values("ood", metric="spearman")
+
+
+def relation_table(res: Results, ood: str) -> T.Table:
+    """Detector x NC metric: Spearman rho of AUROC with it ``[95% interval]``; points."""
+    rows = []
+    for det in res.values("detector", metric="spearman", ood=ood):
+        cells, ns = [T.Cell(det)], []
+        for nc, _ in RELATION_NC:
+            r = _spearman(res, det, ood, nc)
+            cells.append(T.Cell(rho_text(r) if r is not None else T.MISSING))
+            if r is not None:
+                ns.append(int(r["n_id"]))
+        ns = list(dict.fromkeys(ns))
+        cells.append(T.Cell(", ".join(map(str, ns)) or T.MISSING))
+        rows.append(cells)
+    headers = ["Detector", *(h for _, h in RELATION_NC), "Points"]
+    return T.Table(
+        f"Spearman rho of AUROC with collapse metrics [95% interval], OOD set {ood}",
+        headers,
+        rows,
+        note="Points: snapshots x layers x regimes x seeds where both metrics exist.",
+    )
+
+
+def relation_verdict(r: pd.Series) -> str:
+    """NECO's claim (AUROC rises as NC1 falls) against rho(AUROC, NC1) and its interval."""
+    lo, hi = r["ci_low"], r["ci_high"]
+    if not (np.isfinite(r["value"]) and np.isfinite(lo) and np.isfinite(hi)):
+        return "undefined, so no evidence either way"
+    if hi < 0:
+        return "agrees with NECO's claim (AUROC rises as NC1 falls)"
+    if lo > 0:
+        return "disagrees with NECO's claim (AUROC falls as NC1 falls)"
+    return "the interval contains 0: no evidence either way"
+
+
+def relation_sentences(res: Results) -> list[str]:
+    """One sentence per OOD set: rho(AUROC, NC1) of NECO and ViM and what it says of NECO's
+    claim (Ben Ammar et al. 2024: detection improves as collapse grows)."""
+    out = []
+    for ood in relation_oods(res):
+        parts = []
+        for det, name in (("neco", "NECO"), ("vim", "ViM")):
+            r = _spearman(res, det, ood, "nc1")
+            if r is not None:
+                parts.append(
+                    f"{name}: Spearman rho(AUROC, NC1) = {rho_text(r)} over {int(r['n_id'])} "
+                    f"points, {relation_verdict(r)}"
+                )
+        if parts:
+            out.append(f"On {ood}: " + "; ".join(parts) + " (descriptive: points not independent).")
+    return out
+
+
+def terminal_epoch(res: Results, regime: str) -> int | None:
+    """First epoch whose ``train_acc`` history is 1.0 in every seed, else the first snapshot
+    with zero ``train_error`` (:func:`ncood.report.tables.zero_error_epoch`)."""
+    acc = res.select(regime=regime, metric="train_acc", layer=None, detector=None)
+    worst = acc.groupby("epoch")["value"].min()
+    full = worst[worst >= 1.0]
+    return int(full.index.min()) if len(full) else T.zero_error_epoch(res, regime)
 
 
 # ---------------------------------------------------------------------- rendering
