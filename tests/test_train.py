@@ -39,8 +39,8 @@ from ncood.train import (
     save_checkpoint,
     train,
 )
-from ncood.train.augment import random_crop_flip
 from ncood.train import epoch as epoch_module
+from ncood.train.augment import random_crop_flip
 from ncood.train.loop import batch_bounds, resolve_precision
 from ncood.train.optim import CosineFactor, StepFactor, build_optimizer, build_scheduler
 
