@@ -694,3 +694,12 @@ def test_relation_sentences_follow_the_sign_rule(rho, lo, hi, verdict):
     said = {k for k, p in phrases.items() if p in sentence}
     want = {"agrees with NECO's claim": {"agrees"}, "disagrees with NECO's claim": {"disagrees"}}
     assert said == want.get(verdict, {"none"}), sentence
+
+
+def test_relation_rows_make_no_network_of_their_own(fixture_data):
+    """Spearman rows span every network (no regime): they must not add a phantom one."""
+    res = fixture_data[0] if isinstance(fixture_data, tuple) else fixture_data
+    assert len(res.select(metric="spearman")) > 0
+    assert T.regimes(T.named(res)) == list(REGIMES)
+    unnamed = Results([result_row("auroc", 0.9, detector="msp", ood="digits")])
+    assert T.regimes(T.named(unnamed)) == [T.UNNAMED]

@@ -95,6 +95,8 @@ class Table:
 
 # ------------------------------------------------------------------------ queries
 UNNAMED = "network"  # the regime of rows that name none (ncood score/collapse on features)
+#: Metrics computed over all networks of a run (no regime of their own): never named.
+ACROSS_NETWORKS = ("spearman",)
 
 
 def named(res: Results) -> Results:
@@ -109,9 +111,10 @@ def named(res: Results) -> Results:
             "with Results.load(directory) (results.csv + run.json)"
         )
     df = res.to_frame()
-    if df["regime"].notna().all():
+    unnamed = df["regime"].isna() & ~df["metric"].isin(ACROSS_NETWORKS)
+    if not unnamed.any():
         return res
-    return Results(df.assign(regime=df["regime"].fillna(UNNAMED)), res.meta)
+    return Results(df.assign(regime=df["regime"].mask(unnamed, UNNAMED)), res.meta)
 
 
 def regimes(res: Results) -> list[str]:
