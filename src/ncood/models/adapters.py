@@ -45,6 +45,16 @@ from ncood.io import file_sha256
 from ncood.registry import closest
 from ncood.types import LinearHead
 
+#: The ImageNet evaluation transform: resize 256, centre crop 224, ImageNet mean/std.
+IMAGENET_EVAL = dict(
+    size=224,
+    resize=256,
+    channels=3,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    interpolation="bilinear",
+)
+
 log = logging.getLogger(__name__)
 
 FAMILIES = ("torchvision", "timm")
@@ -847,14 +857,7 @@ def eval_transform(
                 "something else",
                 type(model).__name__ if model is not None else name,
             )
-        base = dict(
-            size=224,
-            resize=256,
-            channels=3,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            interpolation="bilinear",
-        )
+        base = dict(IMAGENET_EVAL)
     if input_size is not None:
         c, h, w = _input_size(input_size)
         if h != w:
@@ -915,14 +918,7 @@ def _timm_config(model: nn.Module | None, name: str) -> dict[str, Any]:
 def _torchvision_config(model: nn.Module | None, name: str) -> dict[str, Any]:
     import torchvision  # its model zoo (~0.5 s to import): only for torchvision: models
 
-    base = dict(
-        size=224,
-        resize=256,
-        channels=3,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        interpolation="bilinear",
-    )
+    base = dict(IMAGENET_EVAL)
     if not name:  # a model instance: its builder (resnet18 or resnet50?) is unknown
         return base
     try:
