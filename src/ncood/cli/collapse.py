@@ -2,7 +2,8 @@
 
 Two modes:
 
-* ``--features DIR``: one feature directory written by ``ncood extract``. The
+* ``--features DIR``: one features directory (written by ``ncood extract`` or ``ncood
+  run``, or a directory of ``.npz`` files: ``ncood score --help``). The
   penultimate layer gets every metric, each OOD set its NC5, every pooled layer of the
   train split the per-layer metrics with the decay rate across depth.
 * ``--run RUN_DIR``: every snapshot of a training run, for metric-vs-epoch curves. Each
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ncood.cli.score import FEATURES_HELP
+
 _EPILOG = """\
 examples:
   ncood collapse --features runs/fmnist/features --out runs/fmnist/collapse
@@ -34,6 +37,7 @@ extract.json ("epoch") or from the directory name.
 The training error of each snapshot is extract.json's "train_error" when present, else
 computed from the extracted train logits (eval transforms, the extracted subset).
 Every number is a row of results.csv (docs/results_schema.md).
+
 """
 
 
@@ -47,11 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             "per OOD set, every pooled layer, and (--run) every snapshot of a training run. "
             "Writes results.csv + run.json and the report with its figures to --out."
         ),
-        epilog=_EPILOG,
+        epilog=_EPILOG + FEATURES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--features", metavar="DIR", help="feature directory from `ncood extract`")
+    src.add_argument(
+        "--features",
+        metavar="DIR",
+        help="features directory: from `ncood extract`/`ncood run`, or .npz files (below)",
+    )
     src.add_argument(
         "--run",
         metavar="RUN_DIR",

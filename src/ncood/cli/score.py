@@ -6,6 +6,20 @@ import argparse
 import sys
 from typing import Any
 
+#: The two layouts of a features directory (also in `ncood collapse --help`, docs/byom.md).
+FEATURES_HELP = """\
+--features DIR is read in either layout (told apart by extract.json / train.npz):
+  native  what `ncood extract --out DIR` writes, and `ncood run` per network:
+          RUN/regimes/<regime>[/seed_<s>]/features
+  .npz    features computed elsewhere, one numpy.savez file per split:
+            train.npz        features (n, D), labels (n,) ints 0..C-1 [, logits (n, C)]
+            test.npz         features (m, D) [, labels, logits]
+            ood/<name>.npz   features (k, D) [, logits]   (or ood_<name>.npz)
+            head.npz         W (C, D), b (C,) of the final linear layer [, classes]
+          optional layer.<name> arrays (n, d) in every file: pooled features of other
+          layers; logits not given are W z + b, given ones must equal it (1%)
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     # the one default list (ncood.config imports no numpy: --help stays fast)
@@ -16,13 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "score",
         help="fit OOD detectors on extracted features and compute AUROC, FPR@95, AUPR",
         description=(
-            "Fit each detector on the ID train features of --features (written by "
-            "`ncood extract`), score the ID test split and every OOD set, and write "
-            "results.csv + run.json (docs/results_schema.md) to --out. The OOD tables are "
-            "printed (values in %; ID is the positive class)."
+            "Fit each detector on the ID train features of --features, score the ID test "
+            "split and every OOD set, and write results.csv + run.json "
+            "(docs/results_schema.md) to --out. The OOD tables are printed (values in %; ID "
+            "is the positive class)."
         ),
+        epilog=FEATURES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--features", required=True, metavar="DIR", help="feature directory")
+    p.add_argument(
+        "--features",
+        required=True,
+        metavar="DIR",
+        help="features directory: written by `ncood extract`/`ncood run`, or .npz files "
+        "(layout below)",
+    )
     p.add_argument(
         "--detectors",
         default=default,
@@ -98,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if not fd.ood:
         raise ConfigError(
             f"{args.features!r} has no OOD sets; extract at least one with "
-            "`ncood extract ... --ood NAME`"
+            "`ncood extract ... --ood NAME` (or add ood/<name>.npz)"
         )
     results = analyse(
         fd,
