@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ncood import __version__
 from ncood.data import ImageArrays, InputSpec, iterate_batches, load_images
+from ncood.data.datasets import Holdout
 from ncood.data.streams import parse_named_sets
 from ncood.distributed import (
     clear_shards,
@@ -44,6 +45,7 @@ from ncood.io import file_sha256, safe_name, save_npy, write_json
 from ncood.models.adapters import wrap_model
 from ncood.registry import closest
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
+from ncood.train.config import train_holdout
 from ncood.types import FORMAT_VERSION, FeatureDir, FeatureSet
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,7 @@ def extract_checkpoint(
     max_ood_samples: int | None = None,
     allow_subset: bool = False,
     seed: int = 0,
+    holdout: Holdout | str | None = "checkpoint",
     **kwargs: Any,
 ) -> FeatureDir:
     """Extract ID train/test and every OOD set for one checkpoint; optionally save to ``out``.
@@ -249,6 +252,11 @@ def extract_checkpoint(
         max_*_samples: stratified/random subsets for quick runs (deterministic from seed).
         allow_subset: allow the small Fashion-MNIST subset shipped with the package.
         seed: subset seed.
+        holdout: the ID validation split left out of the train features (NC, detector
+            fits): ``"checkpoint"`` (default) = the one the network's training held out
+            (its config's ``holdout_samples`` and ``seed``; none for older checkpoints),
+            a :class:`~ncood.data.datasets.Holdout`, or None. ``max_train_samples`` is
+            drawn from the rest, as training drew its subset.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank extracts its contiguous shard of
     each split (:func:`ncood.distributed.take_shard`) on its own device and writes it;
@@ -272,8 +280,19 @@ def extract_checkpoint(
     id_name = id_dataset or ckpt["dataset"]["name"]
     layer_names = list(model.stage_names()) if layers is None else list(layers)
     common = dict(cache_dir=cache_dir, checkpoint_hash=ckpt_hash, layers=layer_names, **kwargs)
+    if isinstance(holdout, str):
+        if holdout != "checkpoint":
+            raise ConfigError(f"holdout must be 'checkpoint', a Holdout or None; got {holdout!r}")
+        holdout = train_holdout(ckpt.get("config") or {})
 
-    def one(dataset: str, split: str, n: int | None, *, with_layers: bool = True) -> FeatureSet:
+    def one(
+        dataset: str,
+        split: str,
+        n: int | None,
+        *,
+        with_layers: bool = True,
+        held: Holdout | None = None,
+    ) -> FeatureSet:
         arrays = load_images(
             dataset,
             split,
@@ -282,11 +301,14 @@ def extract_checkpoint(
             seed=seed,
             allow_subset=allow_subset,
             shape=(spec.channels, spec.size, spec.size),
+            holdout=held,
         )
         opts = dict(common)
         if not with_layers:
             opts["layers"] = []
         subset = {"n": n, "seed": seed, "source": arrays.source}
+        if held is not None:
+            subset["holdout"] = held.to_dict()
         if ctx.is_distributed:
             # this rank's contiguous shard; recorded so the shards re-assemble (and so
             # each shard has its own cache entry)
@@ -301,7 +323,7 @@ def extract_checkpoint(
             **opts,
         )
 
-    train = one(id_name, "train", max_train_samples)
+    train = one(id_name, "train", max_train_samples, held=holdout)
     test = one(id_name, "test", max_test_samples)
     ood_sets = {name: one(spec, "test", max_ood_samples) for name, spec in ood_specs.items()}
     meta = {
@@ -314,6 +336,8 @@ def extract_checkpoint(
         "epoch": ckpt.get("epoch"),
         "ncood_version": __version__,
     }
+    if holdout is not None:
+        meta["holdout"] = holdout.to_dict()
     fd = FeatureDir(train=train, test=test, ood=ood_sets, head=model.get_head(), meta=meta)
     if out is not None:
         if ctx.is_distributed:
@@ -321,6 +345,66 @@ def extract_checkpoint(
         else:
             fd.save(out)
     return fd
+
+
+def extract_validation(
+    checkpoint: str | os.PathLike,
+    *,
+    holdout: Holdout,
+    ood: Sequence[str] | dict[str, str] = (),
+    id_dataset: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    max_ood_samples: int | None = None,
+    allow_subset: bool = False,
+    seed: int = 0,
+    **kwargs: Any,
+) -> tuple[FeatureSet, dict[str, FeatureSet]]:
+    """Penultimate features of the validation data that hyperparameter selection scores.
+
+    The ID validation split is the held-out part of the ID *train* split (``holdout``,
+    whatever its ``part``: the samples a run with the same holdout never trained on, and
+    that :func:`extract_checkpoint` leaves out of the train features), with the evaluation
+    transform; each validation OOD set is read like a test OOD set (``"test"`` split,
+    ``max_ood_samples`` drawn from ``seed``). No test split is read. Cached like
+    :func:`extract_checkpoint`'s sets; no per-layer features.
+
+    Args:
+        checkpoint: a checkpoint written by ``ncood train``.
+        holdout: the held-out ID validation split (:class:`~ncood.data.datasets.Holdout`).
+        ood: validation OOD sets, ``"NAME=SPEC"``/``"SPEC"`` or ``{name: spec}``.
+        id_dataset, cache_dir, data_root, allow_subset: as :func:`extract_checkpoint`.
+        max_ood_samples: samples per validation OOD set (None = all / the default).
+        seed: seed of the OOD subsets and generated sets.
+        **kwargs: ``device``, ``batch_size``, ``precision``, ``progress`` (:func:`extract`).
+
+    Returns:
+        ``(val_id, {name: val_ood})``: FeatureSets with features ``(n, D)``, logits
+        ``(n, C)`` (labels for ``val_id``).
+    """
+    ood_specs = parse_named_sets(ood)
+    ckpt = load_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(ckpt)
+    spec = InputSpec.from_dict(ckpt["input_spec"])
+    shape = (spec.channels, spec.size, spec.size)
+    id_name = id_dataset or ckpt["dataset"]["name"]
+    held = Holdout(holdout.n, seed=holdout.seed, part="holdout")
+    common = dict(cache_dir=cache_dir, checkpoint_hash=file_sha256(checkpoint), layers=[])
+
+    def one(dataset: str, split: str, **load: Any) -> FeatureSet:
+        arrays = load_images(
+            dataset, split, root=data_root, allow_subset=allow_subset, shape=shape, **load
+        )
+        subset = {"n": load.get("n"), "seed": load["seed"], "source": arrays.source}
+        if load.get("holdout") is not None:
+            subset["holdout"] = load["holdout"].to_dict()
+        return extract_cached(
+            model, arrays, spec, dataset=dataset, split=split, subset=subset, **common, **kwargs
+        )
+
+    val_id = one(id_name, "train", seed=held.seed, holdout=held)
+    val_ood = {name: one(o, "test", n=max_ood_samples, seed=seed) for name, o in ood_specs.items()}
+    return val_id, val_ood
 
 
 # --------------------------------------------------------------------------- streaming

@@ -134,6 +134,59 @@ def dataset_loader(
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
+HOLDOUT_PARTS = ("rest", "holdout")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A validation split held out of one split of a real dataset.
+
+    The held-out samples are a stratified draw (random when unlabelled) of ``n`` samples
+    from ``seed``, made on the whole split (after any class subset) before anything else
+    is drawn, so the same ``(dataset, split, n, seed)`` always holds out the same images.
+    ``part="rest"`` loads every other sample (what a network trains on; a ``max_*_samples``
+    subset is then drawn from the rest), ``part="holdout"`` loads only the held-out ones.
+
+    Attributes:
+        n: held-out samples, ``1 <= n < len(split)``.
+        seed: seed of the draw (``ncood run`` uses the run seed).
+        part: ``"rest"`` or ``"holdout"``.
+    """
+
+    n: int
+    seed: int = 0
+    part: str = "rest"
+
+    def __post_init__(self) -> None:
+        check_number(self.n, "n", "Holdout", kind=numbers.Integral, low=1)
+        check_number(self.seed, "seed", "Holdout", kind=numbers.Integral, low=0)
+        if self.part not in HOLDOUT_PARTS:
+            raise ConfigError(
+                f"The 'part' parameter of Holdout must be one of {list(HOLDOUT_PARTS)}. "
+                f"Got {self.part!r} instead."
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {"n": int(self.n), "seed": int(self.seed), "part": self.part}
+
+    def indices(self, arrays: ImageArrays, name: str = "") -> np.ndarray:
+        """Sorted positions in ``arrays`` of this part, ``(k,)`` int64.
+
+        Raises:
+            ConfigError: ``n`` leaves no sample outside the holdout.
+        """
+        total = len(arrays)
+        if self.n >= total:
+            raise ConfigError(
+                f"holdout n={self.n} of {name or arrays.name!r} leaves nothing to train on: "
+                f"the split has {total} samples; hold out fewer than {total}"
+            )
+        held = _subsample(arrays, int(self.n), int(self.seed))
+        if self.part == "holdout":
+            return held
+        return np.setdiff1d(np.arange(total, dtype=np.int64), held, assume_unique=True)
+
+
 def list_datasets() -> list[str]:
     """Registered dataset names (``"folder:PATH"`` and ``"npz:PATH"`` work too)."""
     return DATASETS.names()
@@ -152,6 +205,7 @@ def load_images(
     shape: tuple[int, int, int] | None = None,
     allow_subset: bool = False,
     download: bool = True,
+    holdout: Holdout | None = None,
 ) -> ImageArrays:
     """Load one split of an image dataset as ``uint8`` tensors.
 
@@ -180,6 +234,9 @@ def load_images(
             use the 3000/1000-image subset bundled with ncood, with a warning.
         download: allow a torchvision download when nothing is found on disk (also
             disabled by ``NCOOD_OFFLINE=1``).
+        holdout: a validation split held out of this split (:class:`Holdout`, real sets
+            only): ``part="rest"`` drops it before ``n`` is drawn (``n`` then comes from
+            the rest), ``part="holdout"`` keeps only it.
 
     Returns:
         :class:`ImageArrays` named ``"<name>/<split>"``.
@@ -227,6 +284,15 @@ def load_images(
     notes = []
     if selection is not None:
         arrays = _select_classes(arrays, selection, name)
+    if holdout is not None:
+        if loader.generated:
+            raise ConfigError(
+                f"holdout applies to real datasets; {base!r} is generated (every seed gives "
+                "new samples): load it without holdout"
+            )
+        arrays = arrays.subset(holdout.indices(arrays, f"{name}/{split}"))
+        what = "without" if holdout.part == "rest" else "only"
+        notes.append(f"{what} the held-out n={holdout.n} seed={holdout.seed}")
     if n is not None and not loader.generated:
         if n >= len(arrays):
             if n > len(arrays):

@@ -30,6 +30,7 @@ from ncood.collapse.stats import ClassStats
 from ncood.detectors.base import create_detector, detector_class
 from ncood.errors import ConfigError, ShapeError
 from ncood.metrics import auroc
+from ncood.results import PENULTIMATE, row
 
 # Grids of detectors whose class does not carry one (defined in modules owned elsewhere).
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
@@ -45,6 +46,42 @@ def default_grid(name: str) -> dict[str, list]:
     cls = detector_class(name)
     grid = getattr(cls, "grid", None) or DEFAULT_GRIDS.get(name, {})
     return {k: list(v) for k, v in grid.items()}
+
+
+def selectable(detectors: Sequence[str], wanted: Sequence[str] | None = None) -> list[str]:
+    """The detectors a run selects hyperparameters for, in ``detectors`` order.
+
+    Args:
+        detectors: the run's detector names.
+        wanted: ``None`` = every one of ``detectors`` whose :func:`default_grid` is not
+            empty; else these names, each of which must be among ``detectors`` and have a
+            grid.
+
+    Raises:
+        ConfigError: a wanted name that is not a run detector or has no grid.
+    """
+    if wanted is None:
+        return [n for n in detectors if default_grid(n)]
+    for name in wanted:
+        if name not in detectors:
+            raise ConfigError(
+                f"detector {name!r} is not among the run's detectors "
+                f"({', '.join(detectors) or 'none'}); add it to detectors or remove it"
+            )
+        if not default_grid(name):
+            raise ConfigError(
+                f"detector {name!r} has no hyperparameter grid, so there is nothing to "
+                f"select; remove it (detectors with grids: "
+                f"{', '.join(n for n in detectors if default_grid(n)) or 'none'})"
+            )
+    return list(dict.fromkeys(wanted))
+
+
+def fixed_params(name: str, configured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The configured hyperparameters of ``name`` held fixed during selection: every
+    one except those its grid searches (which the chosen values replace)."""
+    grid = default_grid(name)
+    return {k: v for k, v in (configured or {}).items() if k not in grid}
 
 
 @dataclass(frozen=True)
@@ -90,7 +127,9 @@ def _pair(value, name: str) -> tuple[Any, Any]:
     return value[0], value[1]
 
 
-def _candidates(name: str, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+def grid_candidates(name: str, grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
+    """Every combination of ``grid`` (keys in order, the last varying fastest); ``[]`` for
+    an empty grid. Raises ConfigError for a key ``name`` does not take or an empty list."""
     valid = detector_class(name).param_names()
     for key, values in grid.items():
         if key not in valid:
@@ -149,7 +188,7 @@ def select(
             f"parameters {sorted(overlap)} of {name!r} are both fixed and in the grid; "
             "pass each in one place"
         )
-    candidates = _candidates(name, grid) or [{}]
+    candidates = grid_candidates(name, grid) or [{}]
     cands = [create_detector(name, **fixed, **c) for c in candidates]  # validates all first
     id_z, id_f = _pair(val_id, "val_id")
     ood_z, ood_f = _pair(val_ood, "val_ood")
@@ -168,6 +207,24 @@ def select(
         )
         value = auroc(det.score(id_z, id_f), det.score(ood_z, ood_f))
         results.append({"params": {**fixed, **params}, "auroc": float(value)})
+    return _chosen(
+        name,
+        grid,
+        results,
+        n_val_id=int(len(id_z) if id_z is not None else len(id_f)),
+        n_val_ood=int(len(ood_z) if ood_z is not None else len(ood_f)),
+    )
+
+
+def _chosen(
+    name: str,
+    grid: dict[str, list],
+    results: list[dict[str, Any]],
+    *,
+    n_val_id: int,
+    n_val_ood: int,
+) -> SelectionResult:
+    """The candidate with the highest validation AUROC (ties: the earliest in grid order)."""
     best = max(range(len(results)), key=lambda i: (results[i]["auroc"], -i))
     return SelectionResult(
         detector=name,
@@ -175,6 +232,88 @@ def select(
         val_auroc=results[best]["auroc"],
         grid=grid,
         candidates=results,
-        n_val_id=int(len(id_z) if id_z is not None else len(id_f)),
-        n_val_ood=int(len(ood_z) if ood_z is not None else len(ood_f)),
+        n_val_id=n_val_id,
+        n_val_ood=n_val_ood,
     )
+
+
+def select_from_scores(
+    name: str,
+    grid: Mapping[str, Sequence],
+    candidates: Sequence[tuple[Mapping[str, Any], Any, Any]],
+) -> SelectionResult:
+    """Choose among candidates whose validation scores were computed elsewhere.
+
+    For detectors that are not feature-array detectors (ODIN runs the network,
+    :func:`ncood.odin.odin_select`): the caller scores the ID validation split and the
+    validation OOD set with every candidate; the choice is the one :func:`select` makes.
+
+    Args:
+        name: the detector's name (recorded, not looked up in the registry).
+        grid: the grid searched, ``{param: [values]}``.
+        candidates: ``(params, id_scores (n_val_id,), ood_scores (n_val_ood,))`` per
+            candidate, in grid order; scores higher = more in-distribution.
+
+    Returns:
+        :class:`SelectionResult`; ties in validation AUROC go to the earliest candidate.
+
+    Raises:
+        ConfigError: no candidates, or candidates scored on different sample counts.
+    """
+    if not candidates:
+        raise ConfigError(f"no candidates to select {name!r} from; pass a non-empty grid")
+    results = []
+    sizes = set()
+    for params, id_scores, ood_scores in candidates:
+        sizes.add((len(id_scores), len(ood_scores)))
+        results.append({"params": dict(params), "auroc": float(auroc(id_scores, ood_scores))})
+    if len(sizes) != 1:
+        raise ConfigError(
+            f"the candidates of {name!r} were scored on different validation sample counts "
+            f"{sorted(sizes)}; score every candidate on the same ID and OOD samples"
+        )
+    ((n_id, n_ood),) = sizes
+    grid = {k: list(v) for k, v in grid.items()}
+    return _chosen(name, grid, results, n_val_id=int(n_id), n_val_ood=int(n_ood))
+
+
+def selection_rows(
+    result: SelectionResult, *, val_ood: str, layer: str = PENULTIMATE, **keys: Any
+) -> list[dict[str, Any]]:
+    """Rows of the results table for one selection (the shared selection row schema).
+
+    One ``selection_auroc`` row per candidate (``params`` = its hyperparameters, ``value``
+    = its validation AUROC) and one ``selection_chosen`` row (the chosen hyperparameters
+    and their validation AUROC); ``detector`` = ``result.detector``, ``ood`` = the
+    validation OOD set, ``n_id`` / ``n_ood`` = the validation sample counts.
+
+    Args:
+        result: a :class:`SelectionResult`.
+        val_ood: the name of the validation OOD set.
+        layer: the row's layer (``"penultimate"``: the head).
+        keys: ``regime``, ``seed``, ``epoch`` of the network.
+    """
+    common = dict(
+        detector=result.detector,
+        ood=val_ood,
+        layer=layer,
+        n_id=result.n_val_id,
+        n_ood=result.n_val_ood,
+        **keys,
+    )
+    rows = [row("selection_auroc", c["auroc"], params=c["params"], **common)
+            for c in result.candidates]  # fmt: skip
+    rows.append(row("selection_chosen", result.val_auroc, params=result.params, **common))
+    return rows
+
+
+def selection_meta(result: SelectionResult, *, val_ood: str) -> dict[str, Any]:
+    """``run.json``'s ``meta["selection"][detector]`` entry of one selection."""
+    return {
+        "grid": {k: list(v) for k, v in result.grid.items()},
+        "chosen": dict(result.params),
+        "val_auroc": result.val_auroc,
+        "val_ood": val_ood,
+        "n_val_id": result.n_val_id,
+        "n_val_ood": result.n_val_ood,
+    }

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ncood.data.datasets import Holdout
 from ncood.errors import ConfigError
 from ncood.io import load_yaml
 from ncood.models import MODELS
@@ -28,6 +29,10 @@ SNAPSHOT_KEYWORDS = ("log", "all", "none")
 # Fields a resumed run may change: they do not change the numbers a CPU run produces
 # (where the data lives, where it runs, how many threads, which epochs get snapshots).
 RESUME_MUTABLE = ("data_root", "allow_subset", "device", "num_threads", "snapshots")
+
+# Fields added after checkpoints were first written, with the value an older checkpoint
+# (which lacks the key) was trained with: a run resumed with another value conflicts.
+ADDED_FIELDS: dict[str, Any] = {"holdout_samples": None}
 
 # Fields whose ``None`` means "the regime's default".
 REGIME_FIELDS = (
@@ -68,6 +73,10 @@ class TrainConfig:
     augment: bool | None = None  # random crop (pad 4) + flip; None: the regime's
     max_train_samples: int | None = None  # stratified training subset for fast runs (None: all)
     max_test_samples: int | None = None  # stratified test subset evaluated per epoch (None: all)
+    # ID validation images held out of the train split before anything else is drawn (a
+    # stratified draw from `seed`, ncood.data.datasets.Holdout): never trained on; `ncood run`
+    # sets it from selection.id_val_samples (None: train on the whole split)
+    holdout_samples: int | None = None
     seed: int = 0  # seeds the initialisation, subsets, shuffling and augmentation
     precision: str = "fp32"  # "bf16": autocast; "auto": bf16 where the hardware has it, else fp32
     channels_last: bool = False  # NHWC memory format (faster convolutions with bf16)
@@ -79,7 +88,13 @@ class TrainConfig:
         owner = "TrainConfig"
         get_regime(self.regime)  # unknown names suggest the closest
         MODELS.get(self.model)
-        for name in ("epochs", "batch_size", "max_train_samples", "max_test_samples"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "max_train_samples",
+            "max_test_samples",
+            "holdout_samples",
+        ):
             if getattr(self, name) is not None:
                 check_number(getattr(self, name), name, owner, kind=numbers.Integral, low=1)
         if self.num_threads is not None:
@@ -178,10 +193,20 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...], allow_none: b
         )
 
 
+def train_holdout(cfg: TrainConfig | dict[str, Any]) -> Holdout | None:
+    """The validation split a run holds out of its train split (``holdout_samples``, drawn
+    from ``seed``), or None. Accepts a checkpoint's saved config dict too."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    n = get("holdout_samples")
+    return None if n is None else Holdout(int(n), seed=int(get("seed", 0)))
+
+
 def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose values differ between a run's saved (resolved) config and ``current``,
-    ignoring :data:`RESUME_MUTABLE`; each entry reads ``"lr: 0.1 -> 0.05"``."""
+    ignoring :data:`RESUME_MUTABLE`; each entry reads ``"lr: 0.1 -> 0.05"``. A key of
+    :data:`ADDED_FIELDS` missing from ``saved`` counts as its value there."""
     now = current.resolved().to_dict()
+    saved = {**ADDED_FIELDS, **saved}
     out = []
     for key, value in now.items():
         if key in RESUME_MUTABLE:
@@ -191,4 +216,11 @@ def resume_conflicts(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     return out
 
 
-__all__ = ["PRECISIONS", "RESUME_MUTABLE", "TrainConfig", "load_yaml", "resume_conflicts"]
+__all__ = [
+    "PRECISIONS",
+    "RESUME_MUTABLE",
+    "TrainConfig",
+    "load_yaml",
+    "resume_conflicts",
+    "train_holdout",
+]

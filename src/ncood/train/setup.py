@@ -24,7 +24,7 @@ from ncood.errors import ConfigError, DataError
 from ncood.io import write_json
 from ncood.models import create_model
 from ncood.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from ncood.train.config import TrainConfig, resume_conflicts
+from ncood.train.config import TrainConfig, resume_conflicts, train_holdout
 from ncood.train.epoch import batch_bounds, resolve_precision
 from ncood.train.optim import build_optimizer, build_scheduler
 from ncood.train.regimes import get_regime
@@ -132,8 +132,12 @@ def prepare(cfg: TrainConfig, run_dir: Path, ctx: DistContext, *, resume: bool) 
             n=n,
             seed=cfg.seed,
             allow_subset=cfg.allow_subset,
+            holdout=holdout,
         )
-        for split, n in (("train", cfg.max_train_samples), ("test", cfg.max_test_samples))
+        for split, n, holdout in (
+            ("train", cfg.max_train_samples, train_holdout(cfg)),
+            ("test", cfg.max_test_samples, None),
+        )
     )
     for arr in (train_arrays, test_arrays):
         if arr.labels is None or len(arr) == 0:
