@@ -32,6 +32,11 @@ network (the final one and, in a run, every training snapshot). One call measure
   needed (Harun, Gallardo & Kanan, ICML 2025). A detector's hyperparameters are adapted
   to a layer's width by its own class (:meth:`ncood.detectors.Detector.params_for_width`).
 
+Hyperparameter selection (issue 13, ``ncood run``'s ``selection:``) is a separate call,
+:func:`select_hyperparameters`: it reads only the train features, an ID validation split
+held out of training and validation OOD sets, and returns the chosen values, which
+:func:`analyse` then uses at the head (``head_params``).
+
 A detector that cannot be fitted on an intermediate layer is not skipped silently: the
 error is logged and recorded in ``Results.meta["notes"]``; errors at the head surface.
 The rows' vocabulary is documented in ``docs/results_schema.md``.
@@ -48,10 +53,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ncood.collapse import ClassStats, collapse_metrics, nc5, nc5_centred
 from ncood.collapse.depth import MAX_FULL_DIM, depth_decay, depth_metrics
 from ncood.detectors import Detector, create_detector, detector_class
+from ncood.detectors.select import (
+    fixed_params,
+    select,
+    selectable,
+    selection_meta,
+    selection_rows,
+)
 from ncood.errors import CheckpointError, ConfigError, NcoodError, ShapeError
 from ncood.metrics import (
     METRIC_NAMES,
@@ -290,6 +303,7 @@ def analyse(
     max_full_dim: int = MAX_FULL_DIM,
     bootstrap: Mapping[str, Any] | None = None,
     scores_out: dict[str, np.ndarray] | None = None,
+    head_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Results:
     """Measure one network: OOD detection, neural collapse, per layer (see module docstring).
 
@@ -311,6 +325,9 @@ def analyse(
             OOD metrics and add the paired ``auroc_diff`` rows; ``None``: no intervals.
         scores_out: receives the head's raw scores, keys ``"<detector>/id"`` and
             ``"<detector>/<ood set>"``, ``(n,)`` float64 each.
+        head_params: ``{detector: hyperparameters}`` that replace the configured ones at
+            the head only (e.g. chosen by :func:`select_hyperparameters`); detectors on
+            the pooled layers keep ``detectors``' values.
 
     Returns:
         :class:`~ncood.results.Results` with ``meta["detectors"]`` (hyperparameters as
@@ -322,7 +339,14 @@ def analyse(
         ShapeError: inconsistent features; a detector that cannot be fitted at the head.
     """
     specs = _specs(detectors)
-    dets = {name: create_detector(name, **p) for name, p in specs.items()}  # validates first
+    unknown = [n for n in (head_params or {}) if n not in specs]
+    if unknown:
+        raise ConfigError(
+            f"head_params names {unknown}, which are not among the detectors "
+            f"({', '.join(specs) or 'none'}); pass hyperparameters of those detectors only"
+        )
+    head_specs = {n: dict((head_params or {}).get(n, p)) for n, p in specs.items()}
+    dets = {name: create_detector(name, **p) for name, p in head_specs.items()}  # validates
     if layer_detectors is None:
         layer_detectors = feature_space(specs)
     missing = [n for n in layer_detectors if n not in specs]
@@ -462,6 +486,121 @@ def _layer_detector_rows(
         keys = {**base, "layer": lname, "detector": name, "params": det.get_params()}
         rows += _ood_rows(_scores(det, test, oz), keys, None)
     return rows
+
+
+# --------------------------------------------------------------------------- selection
+def select_hyperparameters(
+    fd: FeatureDir,
+    val_id: FeatureSet,
+    val_ood: Mapping[str, FeatureSet],
+    *,
+    detectors: DetectorSpecs,
+    selected: Sequence[str] | None = None,
+    regime: str | None = None,
+    seed: int | None = None,
+    epoch: int | None = None,
+) -> tuple[Results, dict[str, dict[str, Any]]]:
+    """Choose each detector's hyperparameters on validation data (issue 13).
+
+    For every detector of :func:`ncood.detectors.select.selectable` (``selected``, or
+    every one of ``detectors`` with a grid) :func:`ncood.detectors.select.select` fits
+    each grid candidate on ``fd.train`` (class statistics accumulated once) and scores
+    ``val_id`` against the validation OOD sets pooled into one set (their names joined by
+    ``+``); the highest validation AUROC wins (ties: the first in grid order). Configured
+    hyperparameters the grid does not search stay fixed. Only ``fd.train`` and ``fd.head``
+    are read from ``fd``: its test split and OOD sets never enter, so the choice cannot
+    depend on them (OpenOOD v1.5's "APS" mode, done on held-out data; Zhang et al. 2023,
+    arXiv 2306.09301).
+
+    Args:
+        fd: the network's features (train with labels, head).
+        val_id: ID validation features ``(n_val, D)`` and logits, held out of the train
+            split (never trained on, not in ``fd.train``).
+        val_ood: ``{name: FeatureSet}`` validation OOD sets, disjoint from the test sets.
+        detectors: the configured ``{name: hyperparameters}`` (or names).
+        selected: detector names to tune (``None``: every one with a grid).
+        regime, seed, epoch: identify the network in the rows (epoch default
+            ``fd.meta["epoch"]``).
+
+    Returns:
+        ``(rows, chosen)``: rows ``selection_auroc`` (one per candidate, ``params`` = the
+        candidate) and ``selection_chosen`` (one per detector, ``params`` = the winner,
+        value = its validation AUROC), ``layer="penultimate"``, ``ood`` = the validation
+        set's name, ``n_id``/``n_ood`` = validation sizes; ``rows.meta["selection"] =
+        {detector: {"grid", "chosen", "val_auroc", "val_ood", "n_val_id", "n_val_ood"}}``.
+        ``chosen`` = ``{detector: hyperparameters}`` for :func:`analyse`'s ``head_params``.
+
+    Raises:
+        ConfigError: an unknown or grid-less selected detector, no validation OOD set.
+        ShapeError: validation features whose width differs from the train features'.
+    """
+    specs = _specs(detectors)
+    names = selectable(list(specs), selected)
+    if not val_ood:
+        raise ConfigError("val_ood is empty; pass at least one validation OOD set")
+    width = fd.train.features.shape[1]
+    for what, fs in [("val_id", val_id), *((f"val_ood[{k!r}]", v) for k, v in val_ood.items())]:
+        if fs.features.shape[1] != width:
+            raise ShapeError(
+                f"{what} has {fs.features.shape[1]} features, but the train features have "
+                f"{width}; extract both from the same network and layer"
+            )
+    ood_name = "+".join(val_ood)
+    ood_z = np.concatenate([np.asarray(fs.features) for fs in val_ood.values()])
+    ood_f = np.concatenate([np.asarray(fs.logits) for fs in val_ood.values()])
+    epoch = fd.meta.get("epoch") if epoch is None else epoch
+    keys = {"regime": regime, "seed": seed, "epoch": None if epoch is None else int(epoch)}
+    y = fd.train.labels
+    stats = None
+    if any(detector_class(n).uses_stats for n in names):
+        if y is None:
+            raise ShapeError("the train split has no labels; statistics-based detectors need them")
+        stats = ClassStats.from_features(fd.train.features, y, fd.head.num_classes)
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, dict[str, Any]] = {}
+    meta: dict[str, Any] = {}
+    for name in names:
+        res = select(
+            name,
+            None,
+            fd.train.features,
+            y,
+            fd.head,
+            val_id=(val_id.features, val_id.logits),
+            val_ood=(ood_z, ood_f),
+            fixed=fixed_params(name, specs[name]),
+            stats=stats,
+        )
+        rows += selection_rows(res, val_ood=ood_name, layer=PENULTIMATE, **keys)
+        chosen[name] = dict(res.params)
+        meta[name] = selection_meta(res, val_ood=ood_name)
+        log.info("selection %s: %s (validation AUROC %.4f)", name, res.params, res.val_auroc)
+    return Results(rows, {"selection": meta}), chosen
+
+
+def merge_selection_meta(parts: Sequence[Results]) -> dict[str, Any]:
+    """``run.json``'s ``meta["selection"]`` from the networks' selection results, in run order.
+
+    ``{detector: {"grid", "chosen", "val_auroc", "val_ood", "n_val_id", "n_val_ood",
+    "networks"}}``: the schema's keys hold the first network's selection (the only one
+    in a one-network run); ``networks`` lists every network's ``{"regime", "seed",
+    "epoch", "chosen", "val_auroc"}`` (read from its ``selection_chosen`` rows).
+    """
+    out: dict[str, Any] = {}
+    for part in parts:
+        for name, entry in (part.meta.get("selection") or {}).items():
+            merged = out.setdefault(name, {**entry, "networks": []})
+            for r in part.select(metric="selection_chosen", detector=name).to_dict("records"):
+                merged["networks"].append(
+                    {
+                        "regime": r["regime"],
+                        "seed": None if pd.isna(r["seed"]) else int(r["seed"]),
+                        "epoch": None if pd.isna(r["epoch"]) else int(r["epoch"]),
+                        "chosen": json.loads(r["params"] or "{}"),
+                        "val_auroc": float(r["value"]),
+                    }
+                )
+    return out
 
 
 def _select_ood(fd: FeatureDir, wanted: Sequence[str] | None) -> dict[str, FeatureSet]:
