@@ -1,13 +1,15 @@
 """A realistic synthetic :class:`~ncood.results.Results` and raw scores for the report tests.
 
-Two regimes (``standard`` and ``memorize``), six detectors, three OOD sets, the ten
-Fashion-MNIST classes, a 6-epoch training history, collapse at 5 layers and at snapshots
-[0, 1, 2, 4, 6]. Every number is computed, not typed in: OOD metrics from synthetic
-scores (scikit-learn curves, the toolkit's conventions); every NC metric from synthetic
-class-conditional features and a synthetic head with the formulas of DESIGN.md section 4,
-written here independently of ``ncood.collapse``; bootstrap intervals (``intervals=True``)
-from a plain loop over replicates. So the numbers are mutually consistent, and the tests
-can check the report against them.
+Two regimes (``standard`` and ``memorize``), six detectors (``zoo=True``: all 21 of the
+registry), three OOD sets, the ten Fashion-MNIST classes, a 6-epoch training history,
+collapse at 5 layers and at snapshots [0, 1, 2, 4, 6]. Every number is computed, not typed
+in: OOD metrics from synthetic scores (scikit-learn curves, the toolkit's conventions);
+every NC metric from synthetic class-conditional features and a synthetic head with the
+formulas of DESIGN.md section 4, written here independently of ``ncood.collapse``;
+bootstrap intervals (``intervals=True``) from a plain loop over replicates; validation
+AUROC of every grid candidate (``selection=True``, the rows of the shared selection
+schema) from synthetic validation scores. So the numbers are mutually consistent, and the
+tests can check the report against them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 from ncood.analysis import relation_rows
@@ -35,6 +36,28 @@ LAST = SNAPSHOTS[-1]
 LAYER_DETECTORS = ["mahalanobis", "vim", "neco"]
 N_PER_CLASS = 60
 PARAMS = {"msp": {"T": 1.0}, "energy": {"T": 1.0}, "vim": {"dim": 32}, "neco": {"variance": 0.9}}
+# the 21 registered detectors (zoo=True): the reference six first, as a run lists them
+ZOO = [*DETECTORS, "knn", "rmds", "gen", "fdbd", "nci", "scale", "ash_s", "ash_p", "ash_b",
+       "react", "dice", "nnguide", "she", "kl_matching", "entropy"]  # fmt: skip
+ZOO_LAYER_DETECTORS = [*LAYER_DETECTORS, "knn", "rmds", "fdbd", "nci", "ash_s", "scale", "react"]
+VAL_OOD = "uniform_noise"  # the validation OOD set of the selection rows (not a test set)
+N_VAL_ID, N_VAL_OOD = 300, 250
+# grids searched (docs/detectors.md, typed in here: the fixture does not read ncood's)
+PERCENTILES = [65, 70, 75, 80, 85, 90, 95]
+GRIDS = {
+    "neco": {"variance": [0.8, 0.9, 0.95, 0.99]},
+    "knn": {"k": [50, 100, 200, 500, 1000]},
+    "gen": {"gamma": [0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0], "M": [10, 50, 100, 200, 500, 1000]},
+    "fdbd": {"distance_as_normalizer": [True, False]},
+    "nci": {"alpha": [0.0001, 0.001, 0.01, 0.1]},
+    "scale": {"percentile": PERCENTILES},
+    "ash_s": {"percentile": PERCENTILES},
+    "ash_p": {"percentile": PERCENTILES},
+    "ash_b": {"percentile": PERCENTILES},
+    "react": {"percentile": [85, 90, 95, 99]},
+    "dice": {"p": [10, 30, 50, 70, 90]},
+    "nnguide": {"k": [10, 50, 100], "bank_fraction": [0.01, 0.1, 1.0]},
+}
 
 # ID/OOD separation (in ID standard deviations) per regime, detector and OOD set
 _SEPARATION = {
@@ -55,6 +78,27 @@ _SEPARATION = {
         "neco": (-0.8, 0.0, 1.0),
     },
 }
+# the zoo's other detectors (standard); under memorize each separates 0.45x as well, -0.3
+_ZOO_SEPARATION = {
+    "knn": (1.5, 2.1, 3.4),
+    "rmds": (1.3, 2.25, 3.55),
+    "gen": (1.97, 1.25, 2.7),
+    "fdbd": (1.85, 1.6, 2.9),
+    "nci": (1.9, 1.7, 3.0),
+    "scale": (2.0, 1.3, 2.75),
+    "ash_s": (2.02, 1.35, 2.8),
+    "ash_p": (1.7, 1.1, 2.5),
+    "ash_b": (1.6, 1.0, 2.2),
+    "react": (1.95, 1.3, 2.75),
+    "dice": (1.5, 0.9, 2.0),
+    "nnguide": (1.8, 1.9, 3.1),
+    "she": (1.2, 1.0, 1.8),
+    "kl_matching": (1.4, 0.8, 2.0),
+    "entropy": (1.65, 1.1, 2.45),
+}
+for _d, _sep in _ZOO_SEPARATION.items():
+    _SEPARATION["standard"][_d] = _sep
+    _SEPARATION["memorize"][_d] = tuple(0.45 * x - 0.3 for x in _sep)
 # within-class spread of the features per regime, at each snapshot (penultimate layer)
 _SPREAD = {"standard": (3.0, 1.4, 1.1, 0.9, 0.8), "memorize": (3.0, 1.2, 0.8, 0.5, 0.2)}
 _ALIGN = {"standard": 0.8, "memorize": 0.95}  # classifier rows vs centred class means, at the end
@@ -84,11 +128,16 @@ def ood_metrics_reference(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict
 
 
 def _rank_auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
-    """Mann-Whitney AUROC (ties count one half) from average ranks: fast in a loop."""
-    ranks = rankdata(np.r_[s_id, s_ood])
-    return float(
-        (ranks[: len(s_id)].sum() - len(s_id) * (len(s_id) + 1) / 2) / (len(s_id) * len(s_ood))
-    )
+    """Mann-Whitney AUROC (ties count one half) by counting pairs: fast in a loop.
+
+    For each OOD score, the ID scores above it count 1 and those equal to it 1/2
+    (``searchsorted`` on the sorted ID scores).
+    """
+    s = np.sort(s_id)
+    below = np.searchsorted(s, s_ood, side="left")  # ID scores < each OOD score
+    not_above = np.searchsorted(s, s_ood, side="right")  # ID scores <= it
+    above = len(s) - not_above + 0.5 * (not_above - below)
+    return float(above.sum() / (len(s_id) * len(s_ood)))
 
 
 def bootstrap_auroc(id_a, ood_a, id_b=None, ood_b=None, n_boot: int = 200, seed: int = 0):
@@ -104,10 +153,21 @@ def bootstrap_auroc(id_a, ood_a, id_b=None, ood_b=None, n_boot: int = 200, seed:
     return tuple(float(q) for q in np.quantile(reps, [0.025, 0.975]))
 
 
-def _scores(rng: np.random.Generator, regime: str, scale: float, n_id: int, n_ood: int):
+def bootstrap_fpr95(id_a, ood_a, n_boot: int = 200, seed: int = 0):
+    """Percentile 95% interval of FPR@95 (same resampling as :func:`bootstrap_auroc`)."""
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        i, j = rng.integers(0, len(id_a), len(id_a)), rng.integers(0, len(ood_a), len(ood_a))
+        reps.append(fpr_at_95_tpr(id_a[i], ood_a[j]))
+    return tuple(float(q) for q in np.quantile(reps, [0.025, 0.975]))
+
+
+def _scores(rng: np.random.Generator, regime: str, scale: float, n_id: int, n_ood: int,
+            dets=DETECTORS):  # fmt: skip
     """Raw scores of every detector on ID and each OOD set; ``scale`` shrinks separation."""
     out: dict[str, np.ndarray] = {}
-    for det in DETECTORS:
+    for det in dets:
         a, b = {"msp": (0.7, 1.5), "neco": (0.3, 0.0)}.get(det, (2.0, 8.0))
         if det == "msp":
 
@@ -204,21 +264,35 @@ def _nc_rows(m: dict, base: dict, oods: dict | None = None) -> list[dict]:
     return rows
 
 
-def _regime_rows(rng, regime: str, n_id: int, n_ood: int, intervals: bool):
+def _regime_rows(rng, regime: str, n_id: int, n_ood: int, intervals: bool, zoo: bool = False,
+                 chosen: dict | None = None):  # fmt: skip
     rows: list[dict] = []
-    scores = _scores(rng, regime, 1.0, n_id, n_ood)
+    dets = ZOO if zoo else DETECTORS
+    scores = _scores(rng, regime, 1.0, n_id, n_ood, dets)
     base = {"regime": regime, "seed": 0, "epoch": LAST}
+    params = {**PARAMS, **(chosen or {})}  # chosen on validation where selected
     # OOD detection of the final network, penultimate layer
-    for det, ood in itertools.product(DETECTORS, OOD_SETS):
+    for det, ood in itertools.product(dets, OOD_SETS):
         s_id, s_ood = scores[f"{regime}/{det}/id"], scores[f"{regime}/{det}/{ood}"]
-        ci = bootstrap_auroc(s_id, s_ood) if intervals else None
+        ci = {"auroc": bootstrap_auroc(s_id, s_ood)} if intervals else {}
+        if intervals and zoo:  # FPR@95 intervals too, as ncood run writes them
+            ci["fpr95"] = bootstrap_fpr95(s_id, s_ood)
         for k, v in ood_metrics_reference(s_id, s_ood).items():
             rows.append(
-                row(k, v, layer=PENULTIMATE, detector=det, ood=ood, params=PARAMS.get(det),
-                    ci=ci if k == "auroc" else None, n_id=n_id, n_ood=n_ood, **base)
+                row(k, v, layer=PENULTIMATE, detector=det, ood=ood, params=params.get(det),
+                    ci=ci.get(k), n_id=n_id, n_ood=n_ood, **base)
             )  # fmt: skip
-    if intervals:  # paired AUROC difference of each detector against the next in the list
-        for (a, b), ood in itertools.product(itertools.pairwise(DETECTORS), OOD_SETS):
+    if intervals:
+        pairs = []
+        for ood in OOD_SETS:
+            if zoo:  # as ncood.analysis: each detector against the next one in AUROC order
+                au = {r["detector"]: r["value"] for r in rows
+                      if r["metric"] == "auroc" and r["ood"] == ood}  # fmt: skip
+                ranked = sorted(dets, key=lambda d: -au[d])
+            else:  # each detector against the next one in the list
+                ranked = list(dets)
+            pairs += [(p, ood) for p in itertools.pairwise(ranked)]
+        for (a, b), ood in pairs:
             ia, oa, ib, ob = (scores[f"{regime}/{d}/{s}"] for d in (a, b) for s in ("id", ood))
             diff = _rank_auroc(ia, oa) - _rank_auroc(ib, ob)
             rows.append(
@@ -226,11 +300,12 @@ def _regime_rows(rng, regime: str, n_id: int, n_ood: int, intervals: bool):
                     ci=bootstrap_auroc(ia, oa, ib, ob), n_id=n_id, n_ood=n_ood, **base)
             )  # fmt: skip
     # per-layer AUROC of the feature-space detectors (earlier layers separate less)
+    layer_dets = ZOO_LAYER_DETECTORS if zoo else LAYER_DETECTORS
     for k, layer in enumerate(LAYERS[:-1]):
-        layer_scores = _scores(rng, regime, (k + 1) / len(LAYERS), n_id, n_ood)
+        layer_scores = _scores(rng, regime, (k + 1) / len(LAYERS), n_id, n_ood, layer_dets)
         if layer == "layer3":  # one pair where an earlier layer wins, as in real networks
             layer_scores[f"{regime}/mahalanobis/gaussian_noise"] -= 4.0
-        for det, ood in itertools.product(LAYER_DETECTORS, OOD_SETS):
+        for det, ood in itertools.product(layer_dets, OOD_SETS):
             s_id, s_ood = layer_scores[f"{regime}/{det}/id"], layer_scores[f"{regime}/{det}/{ood}"]
             auroc = ood_metrics_reference(s_id, s_ood)["auroc"]
             rows.append(
@@ -307,7 +382,7 @@ def _history(regime: str, n_epochs: int = LAST) -> list[dict]:
     return rows
 
 
-def meta(n_id: int, n_ood: int) -> dict:
+def meta(n_id: int, n_ood: int, dets=DETECTORS) -> dict:
     """run.json of the synthetic run (with a string that must be escaped in HTML)."""
     return {
         "ncood_version": "0.1.0",
@@ -318,7 +393,7 @@ def meta(n_id: int, n_ood: int) -> dict:
             "model": "resnet_narrow",
             "data": {"id": "fashion_mnist", "ood": list(OOD_SETS), "train_samples": 12000},
             "regimes": {r: {"epochs": LAST} for r in REGIMES},
-            "detectors": {d: PARAMS.get(d, {}) for d in DETECTORS},
+            "detectors": {d: PARAMS.get(d, {}) for d in dets},
         },
         "environment": {
             "python": "3.11.2",
@@ -348,8 +423,45 @@ def meta(n_id: int, n_ood: int) -> dict:
             "positive": "ID (in-distribution) is the positive class",
             "fpr95": "k = floor(0.95 n_id); threshold = k-th largest ID score",
         },
-        "detectors": {d: PARAMS.get(d, {}) for d in DETECTORS},
+        "detectors": {d: PARAMS.get(d, {}) for d in dets},
     }
+
+
+# ------------------------------------------------------------------------ selection
+def _candidates(grid: dict) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, c, strict=True)) for c in itertools.product(*grid.values())]
+
+
+def selection_rows(rng, regime: str, dets) -> tuple[list[dict], dict, dict]:
+    """``selection_auroc`` / ``selection_chosen`` rows (shared schema), chosen params and
+    ``meta["selection"]``: each candidate's validation AUROC from its own synthetic
+    validation scores (ID validation split vs :data:`VAL_OOD`), the argmax chosen (ties:
+    the first in grid order)."""
+    rows, chosen, info = [], {}, {}
+    keys = {"regime": regime, "seed": 0, "epoch": LAST, "layer": PENULTIMATE, "ood": VAL_OOD,
+            "n_id": N_VAL_ID, "n_ood": N_VAL_OOD}  # fmt: skip
+    y = np.r_[np.ones(N_VAL_ID), np.zeros(N_VAL_OOD)]
+    for det in [d for d in dets if d in GRIDS]:
+        cands = _candidates(GRIDS[det])
+        peak = rng.integers(0, len(cands))  # the candidate that separates best
+        base = _SEPARATION[regime][det][0]
+        values = []
+        for c, params in enumerate(cands):
+            sep = base * (1.0 - 0.4 * abs(c - peak) / len(cands))
+            s = np.r_[rng.normal(0.0, 1.0, N_VAL_ID), rng.normal(-sep, 1.2, N_VAL_OOD)]
+            values.append(float(roc_auc_score(y, s)))
+            fixed = {k: v for k, v in PARAMS.get(det, {}).items() if k not in params}
+            rows.append(row("selection_auroc", values[-1], detector=det,
+                            params={**fixed, **params}, **keys))  # fmt: skip
+        best = int(np.argmax(values))  # first maximum
+        fixed = {k: v for k, v in PARAMS.get(det, {}).items() if k not in cands[best]}
+        chosen[det] = {**fixed, **cands[best]}
+        rows.append(row("selection_chosen", values[best], detector=det, params=chosen[det],
+                        **keys))  # fmt: skip
+        info[det] = {"grid": GRIDS[det], "chosen": chosen[det], "val_auroc": values[best],
+                     "val_ood": VAL_OOD, "n_val_id": N_VAL_ID, "n_val_ood": N_VAL_OOD}  # fmt: skip
+    return rows, chosen, info
 
 
 def make_results(
@@ -359,37 +471,53 @@ def make_results(
     *,
     intervals: bool = False,
     snapshot_auroc: bool = False,
+    zoo: bool = False,
+    selection: bool = False,
 ) -> tuple[Results, dict[str, np.ndarray]]:
     """``(results, scores)`` of a synthetic two-regime run, every number computed.
 
     Args:
         intervals: add bootstrap intervals to the AUROC rows and paired ``auroc_diff`` rows
-            (each detector against the next one in :data:`DETECTORS`).
+            (each detector against the next one in :data:`DETECTORS`; with ``zoo``, against
+            the next in AUROC order as ``ncood run`` does, and FPR@95 intervals too).
         snapshot_auroc: add penultimate-layer AUROC at the earlier snapshots (separation
             growing with training). The ``spearman`` rows of
             :func:`ncood.analysis.relation_rows` (``n_boot=200``) are always added.
+        zoo: the 21 detectors of :data:`ZOO` instead of the six of :data:`DETECTORS` (and
+            :data:`ZOO_LAYER_DETECTORS` on the earlier layers).
+        selection: add the hyperparameter-selection rows of the detectors in :data:`GRIDS`
+            (:func:`selection_rows`); their test rows then carry the chosen values.
     """
     rng = np.random.default_rng(seed)
-    rows, scores = [], {}
+    dets = ZOO if zoo else DETECTORS
+    rows, scores, chosen_meta = [], {}, {}
+    sel_rng = np.random.default_rng(seed + 2000)  # its own generator: other rows unchanged
     for regime in REGIMES:
         rows += _history(regime)
-        regime_rows, regime_scores = _regime_rows(rng, regime, n_id, n_ood, intervals)
+        chosen = None
+        if selection:
+            sel, chosen, info = selection_rows(sel_rng, regime, dets)
+            rows += sel
+            chosen_meta = chosen_meta or info  # run.json keeps the first network's
+        regime_rows, regime_scores = _regime_rows(rng, regime, n_id, n_ood, intervals, zoo, chosen)
         rows += regime_rows
         scores.update(regime_scores)
     if snapshot_auroc:  # its own generator: the rows above stay as they were
-        rows += _snapshot_auroc_rows(np.random.default_rng(seed + 1000), n_id, n_ood)
-    res = Results(rows, meta(n_id, n_ood))
+        rows += _snapshot_auroc_rows(np.random.default_rng(seed + 1000), n_id, n_ood, dets)
+    res = Results(
+        rows, {**meta(n_id, n_ood, dets), **({"selection": chosen_meta} if selection else {})}
+    )
     res.extend(relation_rows(res, n_boot=200, seed=0))
     return res, scores
 
 
-def _snapshot_auroc_rows(rng: np.random.Generator, n_id: int, n_ood: int) -> list[dict]:
+def _snapshot_auroc_rows(rng: np.random.Generator, n_id: int, n_ood: int, dets=DETECTORS):
     """AUROC of every detector on the penultimate layer at the snapshots before the last."""
     rows = []
     for regime in REGIMES:
         for k, e in enumerate(SNAPSHOTS[:-1]):
-            scores = _scores(rng, regime, (k + 1) / len(SNAPSHOTS), n_id, n_ood)
-            for det, ood in itertools.product(DETECTORS, OOD_SETS):
+            scores = _scores(rng, regime, (k + 1) / len(SNAPSHOTS), n_id, n_ood, dets)
+            for det, ood in itertools.product(dets, OOD_SETS):
                 v = roc_auc_score(
                     np.r_[np.ones(n_id), np.zeros(n_ood)],
                     np.r_[scores[f"{regime}/{det}/id"], scores[f"{regime}/{det}/{ood}"]],

@@ -25,11 +25,14 @@ from ncood.results import row as result_row
 from report_fixtures import (
     CLASSES,
     DETECTORS,
+    GRIDS,
     LAST,
     LAYERS,
     OOD_SETS,
     REGIMES,
     SNAPSHOTS,
+    VAL_OOD,
+    ZOO,
     collapse_reference,
     fpr_at_95_tpr,
     make_results,
@@ -496,6 +499,8 @@ def test_section_ids_are_stable():
         "setup",
         "training",
         "ood",
+        "ranking",
+        "selection",
         "scores",
         "roc",
         "collapse",
@@ -703,3 +708,286 @@ def test_relation_rows_make_no_network_of_their_own(fixture_data):
     assert T.regimes(T.named(res)) == list(REGIMES)
     unnamed = Results([result_row("auroc", 0.9, detector="msp", ood="digits")])
     assert T.regimes(T.named(unnamed)) == [T.UNNAMED]
+
+
+def test_relation_points_name_their_correlation():
+    """Issue 11: NC5 (penultimate only) has fewer points; the cell says which count is whose."""
+    from ncood.report.render import RELATION_NC, points_text, relation_table
+
+    res = make_results(n_id=100, n_ood=80, snapshot_auroc=True)[0]
+    named = 0
+    assert points_text({"NC1": 40, "CDNV": 40}) == "40"
+    assert points_text({"NC1": 40, "CDNV": 40, "NC5": 8}) == "NC1, CDNV: 40; NC5: 8"
+    for ood in OOD_SETS:
+        table = relation_table(res, ood)
+        assert table.headers[-1] == "Points per correlation"
+        for row in table.rows:
+            counts = {
+                h: int(r["n_id"])
+                for nc, h in RELATION_NC
+                for _, r in res.select(
+                    metric="spearman", detector=row[0].text, ood=ood,
+                    params={"ood_metric": "auroc", "nc_metric": nc},
+                ).iterrows()
+            }  # fmt: skip
+            n, n5 = counts["NC1"], counts["NC5"]
+            assert counts["NC1 (trace)"] == counts["CDNV"] == n
+            if n5 == n:  # logit detectors: the penultimate layer only, one count
+                assert row[-1].text == str(n)
+            else:  # per-layer detectors: NC5 has fewer points, each count named
+                assert n5 < n and row[-1].text == f"NC1, NC1 (trace), CDNV: {n}; NC5: {n5}"
+                named += 1
+    assert named  # the fixture has the case the issue describes
+
+
+# ---------------------------------------------------------------------------------------
+# the detector zoo: ranking, selection, 21 detectors in every figure and table
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """21 detectors with AUROC and FPR@95 intervals, paired rows in AUROC order, selection."""
+    return make_results(n_id=200, n_ood=150, intervals=True, zoo=True, selection=True)
+
+
+@pytest.fixture(scope="module")
+def zoo_report(zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    return out, write_report(zoo[0], out, zoo[1])
+
+
+def _final(res: Results, regime: str, **f):
+    df = res.to_frame()
+    df = df[(df["regime"] == regime) & (df["epoch"] == df[df["regime"] == regime]["epoch"].max())]
+    for k, v in f.items():
+        df = df[df[k] == v]
+    return df
+
+
+def test_zoo_fixture_has_what_the_brief_asks(zoo):
+    res = zoo[0]
+    assert T.detectors(res) == ZOO and len(ZOO) == 21
+    from ncood.detectors import list_detectors
+
+    assert sorted(ZOO) == sorted(list_detectors())  # the registry's 21, no invented name
+    df = res.to_frame()
+    head = df[(df["layer"] == PENULTIMATE) & df["metric"].isin(["auroc", "fpr95"])]
+    assert head["ci_low"].notna().all() and head["ci_high"].notna().all()
+    assert set(res.values("detector", metric="selection_chosen")) == set(GRIDS)
+    assert res.values("ood", metric="selection_auroc") == [VAL_OOD]
+    n_cands = {d: math.prod(len(v) for v in g.values()) for d, g in GRIDS.items()}
+    per = df[df["metric"] == "selection_auroc"].groupby(["regime", "detector"]).size()
+    assert all(per[(r, d)] == n for r in REGIMES for d, n in n_cands.items())
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_ranking_order_numbers_and_hyperparameters(zoo, regime):
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    for ood in OOD_SETS:
+        table = R.ranking_table(res, regime, ood)
+        au = _final(res, regime, metric="auroc", layer=PENULTIMATE, ood=ood)
+        want = au.sort_values(["value", "detector"], ascending=[False, True])  # independent
+        assert [r[1].text for r in table.rows] == want["detector"].tolist()
+        assert [r[0].text for r in table.rows] == [str(k) for k in range(1, 22)]
+        fpr = _final(res, regime, metric="fpr95", layer=PENULTIMATE, ood=ood)
+        for row, (_, a) in zip(table.rows, want.iterrows(), strict=True):
+            assert (
+                row[2].text == f"{100 * a.value:.2f} [{100 * a.ci_low:.2f}, {100 * a.ci_high:.2f}]"
+            )
+            f = fpr[fpr["detector"] == a.detector].iloc[0]
+            assert (
+                row[3].text == f"{100 * f.value:.2f} [{100 * f.ci_low:.2f}, {100 * f.ci_high:.2f}]"
+            )
+            ch = _final(res, regime, metric="selection_chosen", detector=a.detector)
+            hp = row[5].text
+            if len(ch):  # the test rows carry the chosen values; the choice is named
+                assert a.params == ch.iloc[0].params
+                assert hp.endswith(
+                    f"; chosen on validation ({VAL_OOD}, AUROC {100 * ch.iloc[0].value:.2f}%)"
+                )
+            else:
+                assert "chosen" not in hp
+            params = json.loads(a.params) if isinstance(a.params, str) else {}
+            assert hp.split(";")[0] == (
+                ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+            )
+
+
+def _independent_tie(res: Results, regime: str, ood: str, det: str, best: str):
+    """(tied, how) from the rows: paired auroc_diff row vs the best first, else CI overlap."""
+    diff = _final(res, regime, metric="auroc_diff", ood=ood)
+    for a, b, sign in ((det, best, 1), (best, det, -1)):
+        r = diff[(diff["detector"] == a) & (diff["params"] == json.dumps({"vs": b}))]
+        if len(r):
+            lo, hi = sorted(sign * r.iloc[0][["ci_low", "ci_high"]].to_numpy(float))
+            return lo <= 0 <= hi, "paired"
+    au = _final(res, regime, metric="auroc", ood=ood, layer=PENULTIMATE).set_index("detector")
+    (alo, ahi), (blo, bhi) = au.loc[det, ["ci_low", "ci_high"]], au.loc[best, ["ci_low", "ci_high"]]
+    return bool(ahi >= blo and bhi >= alo), "overlap"
+
+
+def test_ranking_marks_ties_from_the_intervals(zoo):
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    seen = set()
+    for regime, ood in ((r, o) for r in REGIMES for o in OOD_SETS):
+        table = R.ranking_table(res, regime, ood)
+        best = table.rows[0][1].text
+        assert table.rows[0][4].text == "best" and table.rows[0][2].bold
+        for row in table.rows[1:]:
+            tied, how = _independent_tie(res, regime, ood, row[1].text, best)
+            seen.add((tied, how))
+            assert row[2].bold == tied
+            assert row[4].text.startswith("yes: " if tied else "no: ")
+            assert ("diff" in row[4].text) == (how == "paired")
+            if how == "overlap":
+                assert row[4].text.endswith("overlap" if tied else "disjoint")
+    assert {(True, "paired"), (True, "overlap"), (False, "overlap")} <= seen, seen  # each occurs
+
+
+def test_ranking_tie_rules_on_built_cases():
+    """Paired interval wins over overlapping marginal ones; seeds are counted one by one."""
+    from ncood.report import ranking as R
+
+    def au(det, v, lo, hi, seed=0):
+        return result_row("auroc", v, regime="r", seed=seed, epoch=1, layer=PENULTIMATE,
+                          detector=det, ood="o", ci=(lo, hi), n_id=10, n_ood=10)  # fmt: skip
+
+    def diff(a, b, v, lo, hi, seed=0):
+        return result_row("auroc_diff", v, regime="r", seed=seed, epoch=1, layer=PENULTIMATE,
+                          detector=a, ood="o", params={"vs": b}, ci=(lo, hi))  # fmt: skip
+
+    rows = [au("a", 0.90, 0.86, 0.94), au("b", 0.88, 0.84, 0.92), au("c", 0.80, 0.75, 0.85),
+            diff("a", "b", 0.02, 0.005, 0.035)]  # fmt: skip
+    t = R.ranking_table(Results(rows), "r", "o")
+    cells = {r[1].text: r[4].text for r in t.rows}
+    assert cells == {
+        "a": "best",
+        "b": "no: diff -2.00 [-3.50, -0.50]",
+        "c": "no: intervals disjoint",
+    }
+    rows[-1] = diff("a", "b", 0.02, -0.01, 0.05)
+    t = R.ranking_table(Results(rows), "r", "o")
+    assert t.rows[1][4].text == "yes: diff -2.00 [-5.00, +1.00]" and t.rows[1][2].bold
+    no_ci = [result_row("auroc", v, regime="r", seed=0, epoch=1, layer=PENULTIMATE, detector=d,
+                        ood="o") for d, v in (("a", 0.9), ("b", 0.8))]  # fmt: skip
+    t = R.ranking_table(Results(no_ci), "r", "o")
+    assert t.rows[1][4].text == "n/a (no intervals)" and not t.rows[1][2].bold
+    seeds = [au("a", 0.90, 0.88, 0.92, 0), au("b", 0.89, 0.87, 0.91, 0),
+             au("a", 0.91, 0.90, 0.92, 1), au("b", 0.85, 0.84, 0.86, 1)]  # fmt: skip
+    t = R.ranking_table(Results(seeds), "r", "o")
+    assert [r[1].text for r in t.rows] == ["a", "b"]
+    assert t.rows[1][4].text == "tied in 1 of 2 seeds" and not t.rows[1][2].bold
+    assert t.rows[0][2].text == f"{90.5:.2f} ± {100 * np.std([0.90, 0.91], ddof=1):.2f}"
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_selection_tables_show_the_argmax_of_the_candidates(zoo, regime):
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    cands = _final(res, regime, metric="selection_auroc")
+    summary = {r[0].text: [c.text for c in r] for r in R.selection_summary_table(res, regime).rows}
+    assert list(summary) == list(GRIDS)
+    tables = R.candidate_tables(res, regime)
+    for det, grid in GRIDS.items():
+        c = cands[cands["detector"] == det]
+        best = c.loc[c["value"].idxmax()]  # pandas: first maximum, as the selection rule
+        chosen = json.loads(best.params)
+        shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
+        row = summary[det]
+        assert row[2] == shown and row[3] == f"{100 * best.value:.2f}"
+        assert row[1] == "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in grid.items())
+        assert row[4] == f"ID 300, {VAL_OOD} 250"
+        assert (
+            _final(res, regime, metric="selection_chosen", detector=det).iloc[0].params
+            == best.params
+        )
+        if len(grid) == 1:  # a row of the shared table: the bold cell is the argmax
+            (key,) = grid
+            (line,) = [r for r in tables[0].rows if r[0].text == det]
+            bold = [x.text for x in line[2:] if x.bold]
+            assert bold == [f"{chosen[key]}: {100 * best.value:.2f}"]
+            texts = [x.text for x in line[2:] if x.text]
+            assert texts == [
+                f"{v}: {100 * c[c['params'] == json.dumps({key: v})].iloc[0].value:.2f}"
+                for v in grid[key]
+            ]
+        else:  # a matrix: rows the first parameter, columns the second
+            (t,) = [
+                t
+                for t in tables
+                if t.title == f"{regime}, {det}: validation AUROC (%) per candidate"
+            ]
+            k1, k2 = grid
+            bold = [(i, j) for i, r in enumerate(t.rows) for j, x in enumerate(r[1:]) if x.bold]
+            assert bold == [(grid[k1].index(chosen[k1]), grid[k2].index(chosen[k2]))]
+            assert t.rows[bold[0][0]][bold[0][1] + 1].text == f"{100 * best.value:.2f}"
+            assert sum(x.text != T.MISSING for r in t.rows for x in r[1:]) == len(c)
+
+
+def test_selection_sentence_says_whether_test_sets_were_used(zoo):
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    s = R.selection_sentence(res)
+    assert f"validation OOD set {VAL_OOD} (250 images)" in s and "(300 images)" in s
+    assert s.endswith("the test sets were not used for the choice.")
+    assert all(o in s for o in OOD_SETS)
+    df = res.to_frame()
+    sel = df["metric"].str.startswith("selection_")
+    leaked = Results(df.assign(ood=df["ood"].mask(sel, "digits")), res.meta)
+    s = R.selection_sentence(leaked)
+    assert "digits is also a test OOD set" in s and "were not used" not in s
+    assert R.selection_sentence(make_results(n_id=100, n_ood=80)[0]) == ""
+
+
+def test_figures_keep_to_the_top_detectors_plus_neco_and_vim(zoo):
+    from ncood.report import figures as F
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    df = res.to_frame()
+    head = df[(df["metric"] == "auroc") & (df["layer"] == PENULTIMATE) & (df["epoch"] == LAST)]
+    mean = head.groupby("detector")["value"].mean().reset_index()
+    top = mean.sort_values(["value", "detector"], ascending=[False, True])["detector"][:5]
+    want = set(top) | {"neco", "vim"}
+    shown = R.shown_detectors(res)
+    assert set(shown) == want and shown == [d for d in ZOO if d in want]
+    assert R.shown_detectors(make_results(n_id=100, n_ood=80)[0]) == DETECTORS  # six: all
+    colors = F.detector_colors(shown)
+    assert len(set(colors.values())) == len(shown)  # no two drawn alike
+    assert len(set(F.detector_colors(ZOO[:18]).values())) == 18
+    assert F.detector_colors(["neco", "vim"]) == {"neco": F.detector_color("neco"),
+                                                  "vim": F.detector_color("vim")}  # fmt: skip
+
+
+def test_zoo_report_renders_readably(zoo, zoo_report):
+    from ncood.report import ranking as R
+
+    res = zoo[0]
+    out, paths = zoo_report
+    html, md = paths["html"].read_text(), paths["markdown"].read_text()
+    _check_dom(html, len(list((out / "figures").glob("*.png"))))
+    section = html.split('<section id="ranking">')[1].split('<section id="selection">')[0]
+    assert section.count("<table") == len(REGIMES) * len(OOD_SETS)
+    assert section.count("<tr>") == len(REGIMES) * len(OOD_SETS) * 22  # header + 21 rows
+    sel = html.split('<section id="selection">')[1].split('<section id="scores">')[0]
+    assert html_escape(R.selection_sentence(res)) in sel
+    for det in GRIDS:
+        assert f"<td>{det}</td>" in sel
+    for t in ("## Detector ranking", "## Hyperparameter selection", "| 1 | ",
+              "the test sets were not used for the choice"):  # fmt: skip
+        assert t in md, t
+    # per-detector figures draw 7 of 21 and say so; their size stays bounded
+    note = "Drawn: the top 5 detectors by mean AUROC, and neco and vim (7 of 21)"
+    assert html.count(note) >= 5  # regime bars, score and ROC figures of both regimes
+    sizes = {p.name: _is_png(p.read_bytes()) for p in (out / "figures").glob("*.png")}
+    assert all(w <= 1800 and h <= 1600 for w, h in sizes.values()), sizes
+    text = terminal_summary(res)
+    assert text.isascii()
+    assert text.count("detectors ranked by AUROC") == len(REGIMES) * len(OOD_SETS)
+    assert "hyperparameters chosen on validation data" in text

@@ -38,6 +38,9 @@ DETECTOR_COLORS = {
     "neco": "#CC79A7",
 }
 _EXTRA = ("#000000", "#999999", "#882255", "#117733", "#332288", "#AA4499")
+# colours for detectors without a fixed one, when a figure draws several: _EXTRA, then
+# Paul Tol's "muted" scheme (distinguishable under colour-vision deficiencies as well)
+_MORE = (*_EXTRA, "#44AA99", "#999933", "#CC6677", "#DDCC77", "#88CCEE", "#661100")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 OOD_COLOR = "#3A3A3A"  # OOD histograms: dark outline whatever the detector
 HATCHES = ("", "///", "...", "xx", "\\\\")
@@ -56,6 +59,26 @@ LABELS = {
 def detector_color(name: str) -> str:
     """The colour of detector ``name`` (the same in every figure and run)."""
     return DETECTOR_COLORS.get(name) or _EXTRA[sum(map(ord, name)) % len(_EXTRA)]
+
+
+def detector_colors(names: Sequence[str]) -> dict[str, str]:
+    """A distinct colour for each of ``names`` (up to 18 detectors).
+
+    Detectors with a fixed colour keep it (:func:`detector_color`); the others take their
+    usual colour unless a detector before them in ``names`` has it, then the next free one.
+    So a figure never draws two detectors in one colour, and figures that draw the same
+    detectors draw them alike.
+    """
+    out = {n: DETECTOR_COLORS[n] for n in names if n in DETECTOR_COLORS}
+    taken = set(out.values())
+    for n in names:
+        if n in out:
+            continue
+        start = _MORE.index(detector_color(n))
+        free = [_MORE[(start + k) % len(_MORE)] for k in range(len(_MORE))]
+        out[n] = next((c for c in free if c not in taken), free[0])
+        taken.add(out[n])
+    return out
 
 
 def png(fig: Figure) -> bytes:
@@ -106,14 +129,18 @@ def training_curves(history: pd.DataFrame, regimes: Sequence[str]) -> Figure:
     return fig
 
 
-def regime_bars(auroc: pd.DataFrame, oods: Sequence[str]) -> Figure:
+def regime_bars(
+    auroc: pd.DataFrame, oods: Sequence[str], colors: Mapping[str, str] | None = None
+) -> Figure:
     """Grouped AUROC bars per detector, one bar per regime, one panel per OOD set.
 
     Args:
         auroc: AUROC fractions indexed by detector, columns ``(regime, ood)``.
+        colors: detector -> colour (default :func:`detector_colors` of the index).
     """
     regimes = list(dict.fromkeys(auroc.columns.get_level_values(0)))
     dets = list(auroc.index)
+    palette = colors or detector_colors(dets)
     fig, axes = _grid(
         1, len(oods), (max(3.6, 0.3 * len(dets) * len(regimes) + 0.8), 3.4), sharey=True
     )
@@ -122,7 +149,7 @@ def regime_bars(auroc: pd.DataFrame, oods: Sequence[str]) -> Figure:
     for ax, ood in zip(axes[0], oods, strict=True):
         for k, reg in enumerate(regimes):
             y = 100.0 * auroc.get((reg, ood), pd.Series(np.nan, index=dets)).to_numpy(float)
-            colors = [detector_color(d) for d in dets]
+            colors = [palette.get(d) or detector_color(d) for d in dets]
             ax.bar(
                 x + (k - (len(regimes) - 1) / 2) * width,
                 np.nan_to_num(y),
@@ -162,12 +189,15 @@ def score_histograms(
     oods: Sequence[str],
     auroc: Mapping[tuple[str, str], float],
     bins: int = 40,
+    colors: Mapping[str, str] | None = None,
 ) -> Figure:
     """Score densities, ID test (filled) vs each OOD set (outline); rows detectors.
 
     Bins span the 0.5-99.5 percentiles of the pooled scores, so that a few extreme scores
-    do not flatten the plot; ``auroc[(det, ood)]`` is printed in each panel.
+    do not flatten the plot; ``auroc[(det, ood)]`` is printed in each panel. ``colors``:
+    detector -> colour (default :func:`detector_colors` of ``dets``).
     """
+    palette = colors or detector_colors(dets)
     fig, axes = _grid(len(dets), len(oods), (3.3, 1.75))
     for (i, det), (j, ood) in ((a, b) for a in enumerate(dets) for b in enumerate(oods)):
         ax, pair = axes[i, j], _pair(scores, regime, det, ood)
@@ -181,7 +211,7 @@ def score_histograms(
                 else np.linspace(lo - 0.5, hi + 0.5, bins + 1)
             )
             for s, fill, color, label in (
-                (pair[0], True, detector_color(det), "ID test"),
+                (pair[0], True, palette.get(det) or detector_color(det), "ID test"),
                 (pair[1], False, OOD_COLOR, ood),
             ):
                 h, _ = np.histogram(np.clip(s, edges[0], edges[-1]), bins=edges, density=True)
@@ -219,11 +249,14 @@ def roc_curves(
     dets: Sequence[str],
     oods: Sequence[str],
     auroc: Mapping[tuple[str, str], float],
+    colors: Mapping[str, str] | None = None,
 ) -> Figure:
     """ROC curves (ID positive), one panel per OOD set, one line per detector.
 
     A dot marks each detector's FPR@95 operating point (:func:`ncood.metrics.fpr_at_tpr_point`).
+    ``colors``: detector -> colour (default :func:`detector_colors` of ``dets``).
     """
+    palette = colors or detector_colors(dets)
     fig, axes = _grid(1, len(oods), (3.9, 3.5))
     for ax, ood in zip(axes[0], oods, strict=True):
         for det in dets:
@@ -232,7 +265,7 @@ def roc_curves(
                 continue
             y = np.r_[np.ones(pair[0].size), np.zeros(pair[1].size)]
             fpr, tpr, _ = roc_curve(y, np.r_[pair])
-            color = detector_color(det)
+            color = palette.get(det) or detector_color(det)
             label = f"{det} ({100 * auroc[(det, ood)]:.1f}%)" if (det, ood) in auroc else det
             ax.plot(fpr, tpr, color=color, lw=1.6, label=label)
             point = fpr_at_tpr_point(*pair)
@@ -379,9 +412,12 @@ def epoch_lines(
     return fig
 
 
-def layer_auroc(auroc: pd.DataFrame, *, title: str) -> Figure:
+def layer_auroc(
+    auroc: pd.DataFrame, *, title: str, colors: Mapping[str, str] | None = None
+) -> Figure:
     """AUROC per layer, one panel per OOD set; ``auroc``: layer x (detector, ood) fractions."""
     oods = list(dict.fromkeys(auroc.columns.get_level_values(1)))
+    palette = colors or detector_colors(list(dict.fromkeys(auroc.columns.get_level_values(0))))
     fig, axes = _grid(1, len(oods), (3.8, 3.0), sharey=True)
     x = np.arange(len(auroc))
     for ax, ood in zip(axes[0], oods, strict=True):
@@ -391,7 +427,7 @@ def layer_auroc(auroc: pd.DataFrame, *, title: str) -> Figure:
                     x,
                     100 * auroc[(det, ood)],
                     marker=MARKERS[k % 8],
-                    color=detector_color(det),
+                    color=palette.get(det) or detector_color(det),
                     label=det,
                 )
         ax.axhline(50, ls=":", color="0.4", lw=1)
@@ -444,7 +480,12 @@ def nc1_auroc_scatter(points: pd.DataFrame, *, title: str) -> Figure:
 
 
 def auroc_nc1_epochs(
-    auroc: pd.DataFrame, nc1: pd.Series, terminal: int | None, *, title: str
+    auroc: pd.DataFrame,
+    nc1: pd.Series,
+    terminal: int | None,
+    *,
+    title: str,
+    colors: Mapping[str, str] | None = None,
 ) -> Figure:
     """AUROC per snapshot (left axis) and NC1 (right axis, log) on twin axes.
 
@@ -453,6 +494,7 @@ def auroc_nc1_epochs(
     at 100% train accuracy (the terminal phase, Papyan, Han & Donoho 2020).
     """
     oods = list(dict.fromkeys(auroc.columns.get_level_values(1)))
+    palette = colors or detector_colors(list(dict.fromkeys(auroc.columns.get_level_values(0))))
     fig, axes = _grid(1, max(len(oods), 1), (4.2, 3.3))
     for ax, ood in zip(axes[0], oods, strict=False):
         for k, det in enumerate(dict.fromkeys(auroc.columns.get_level_values(0))):
@@ -460,7 +502,7 @@ def auroc_nc1_epochs(
                 s = auroc[(det, ood)].dropna()
                 ax.plot(
                     s.index, 100 * s.to_numpy(float), marker=MARKERS[k % 8], ms=4,
-                    color=detector_color(det), label=f"{det} AUROC",
+                    color=palette.get(det) or detector_color(det), label=f"{det} AUROC",
                 )  # fmt: skip
         ax.set(title=f"{title}: {ood}", xlabel="epoch", ylabel="AUROC (%)")
         ax.grid(True, alpha=0.3)

@@ -33,6 +33,7 @@ import yaml
 from ncood.io import atomic_open, write_text
 from ncood.metrics import CONVENTIONS
 from ncood.report import figures as F
+from ncood.report import ranking as R
 from ncood.report import tables as T
 from ncood.report.findings import findings
 from ncood.results import PENULTIMATE, Results
@@ -44,6 +45,8 @@ SECTIONS = (
     ("setup", "Set-up"),
     ("training", "Training"),
     ("ood", "OOD detection"),
+    ("ranking", "Detector ranking"),
+    ("selection", "Hyperparameter selection"),
     ("scores", "Score distributions"),
     ("roc", "ROC curves"),
     ("collapse", "Neural collapse"),
@@ -102,7 +105,11 @@ class Items:
 
 @dataclass
 class Figure:
-    """A drawn figure: file name, PNG bytes, caption; ``small`` ones sit two per row."""
+    """A drawn figure: file name, PNG bytes, caption; ``small`` ones sit two per row.
+
+    ``png`` holds JPEG bytes when ``name`` ends in ``.jpg`` (the explanation section's
+    image grids, :func:`ncood.report.explain_figures.encode`).
+    """
 
     name: str
     png: bytes
@@ -112,7 +119,8 @@ class Figure:
 
     @property
     def uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+        mime = "image/jpeg" if self.name.endswith(".jpg") else "image/png"
+        return f"data:{mime};base64," + base64.b64encode(self.png).decode("ascii")
 
 
 @dataclass
@@ -170,6 +178,12 @@ class _Report:
         self.regimes, self.dets, self.oods = T.regimes(res), T.detectors(res), T.oods(res)
         self.classes = ((res.meta.get("data") or {}).get("id") or {}).get("classes")
         self.figures: list[Figure] = []
+        # per-detector figures draw these (all up to R.MAX_ALL; else the best few + NECO, ViM)
+        self.shown = R.shown_detectors(res)
+
+    def colors(self, dets) -> dict[str, str]:
+        """Distinct colours for ``dets``, the shown detectors' the same in every figure."""
+        return F.detector_colors([*self.shown, *(d for d in dets if d not in self.shown)])
 
     def figure(self, blocks: list, name: str, caption: str, fig, small: bool = False) -> None:
         item = Figure(f"{name}.png", F.png(fig), caption, small)
@@ -285,16 +299,59 @@ class _Report:
                 s.blocks,
                 "regime_comparison",
                 f"AUROC per detector and OOD set; filled bars: {self.regimes[0]}, hatched bars: "
-                f"{', '.join(self.regimes[1:])}. Dotted line: chance (50%).",
-                F.regime_bars(wide.reindex(self.dets), self.oods),
+                f"{', '.join(self.regimes[1:])}. Dotted line: chance (50%)."
+                + R.subset_note(self.shown, self.dets),
+                F.regime_bars(wide.reindex(self.shown), self.oods, self.colors(self.shown)),
             )
+
+    def ranking(self, s: Section) -> None:
+        if not self.oods:
+            s.blocks.append(Text("OOD detection was not computed in this run.", "note"))
+            return
+        s.blocks.append(
+            Text(
+                f"All {len(self.dets)} detectors the run scored, per OOD set, sorted by AUROC "
+                "(final network, penultimate features; in %). A detector is tied with the best "
+                "when the run's bootstrap intervals cannot tell them apart (see each table's "
+                "note). Hyperparameters: what each detector ran with, and where they were "
+                "chosen on validation data, the validation set and AUROC of the choice."
+            )
+        )
+        for reg in self.regimes:
+            s.blocks.append(Text(f"Regime: {reg}", "h3"))
+            for o in self.oods:
+                table = R.ranking_table(self.res, reg, o)
+                if table.rows:
+                    s.blocks.append(table)
+
+    def selection(self, s: Section) -> None:
+        sentence = R.selection_sentence(self.res)
+        if not sentence:
+            s.blocks.append(
+                Text(
+                    "Hyperparameter selection was not run (no selection rows): every detector "
+                    "ran with its configured hyperparameters (Set-up).",
+                    "note",
+                )
+            )
+            return
+        s.blocks.append(Text(sentence))
+        for reg in self.regimes:
+            summary = R.selection_summary_table(self.res, reg)
+            if not summary.rows:
+                continue
+            s.blocks += [Text(f"Regime: {reg}", "h3"), summary, *R.candidate_tables(self.res, reg)]
 
     def _score_figure(self, s: Section, kind: str, draw) -> None:
         for reg in self.regimes:
             s.blocks.append(Text(f"Regime: {reg}", "h3"))
             if any(k.startswith(f"{reg}/") for k in self.scores):
-                fig = draw(self.scores, reg, self.dets, self.oods, self.auroc(reg))
-                self.figure(s.blocks, f"{kind}_{_slug(reg)}", CAPTIONS[kind].format(reg), fig)
+                dets = self.shown
+                fig = draw(
+                    self.scores, reg, dets, self.oods, self.auroc(reg), colors=self.colors(dets)
+                )
+                caption = CAPTIONS[kind].format(reg) + R.subset_note(dets, self.dets)
+                self.figure(s.blocks, f"{kind}_{_slug(reg)}", caption, fig)
             else:
                 note = f"Raw scores of {reg} were not saved (scores.npz): not computed."
                 s.blocks.append(Text(note, "note"))
@@ -382,13 +439,17 @@ class _Report:
             table = T.depth_auroc_table(self.res, reg)
             if self.table(s.blocks, table, f"Detector AUROC per layer of {reg}: not computed."):
                 df = T.final(self.res, reg, metric="auroc")
-                df = df[df["detector"].isin({r[0].text for r in table.rows})]
+                every = list(dict.fromkeys(r[0].text for r in table.rows))
+                dets = R.shown_detectors(self.res, every)
+                df = df[df["detector"].isin(dets)]
                 wide = df.pivot_table(
                     index="layer", columns=["detector", "ood"], values="value", sort=False
                 )
                 title = f"Detector AUROC vs depth, {reg}"
-                fig = F.layer_auroc(wide.reindex(T.layers(self.res, reg)), title=title)
-                caption = CAPTIONS["depth_auroc"].format(reg)
+                fig = F.layer_auroc(
+                    wide.reindex(T.layers(self.res, reg)), title=title, colors=self.colors(dets)
+                )
+                caption = CAPTIONS["depth_auroc"].format(reg) + R.subset_note(dets, every)
                 self.figure(s.blocks, f"depth_{_slug(reg)}_auroc", caption, fig)
 
     def epochs(self, s: Section) -> None:
@@ -441,7 +502,10 @@ class _Report:
             wide, nc1 = self._relation_epochs(reg)
             if wide is None:
                 continue
-            fig = F.auroc_nc1_epochs(wide, nc1, terminal_epoch(self.res, reg), title=reg)
+            dets = list(dict.fromkeys(wide.columns.get_level_values(0)))
+            fig = F.auroc_nc1_epochs(
+                wide, nc1, terminal_epoch(self.res, reg), title=reg, colors=self.colors(dets)
+            )
             caption = CAPTIONS["relation_epochs"].format(reg)
             self.figure(s.blocks, f"relation_epochs_{_slug(reg)}", caption, fig)
 
@@ -554,22 +618,36 @@ def relation_table(res: Results, ood: str) -> T.Table:
     """Detector x NC metric: Spearman rho of AUROC with it ``[95% interval]``; points."""
     rows = []
     for det in res.values("detector", metric="spearman", ood=ood):
-        cells, ns = [T.Cell(det)], []
-        for nc, _ in RELATION_NC:
+        cells, ns = [T.Cell(det)], {}
+        for nc, header in RELATION_NC:
             r = _spearman(res, det, ood, nc)
             cells.append(T.Cell(rho_text(r) if r is not None else T.MISSING))
             if r is not None:
-                ns.append(int(r["n_id"]))
-        ns = list(dict.fromkeys(ns))
-        cells.append(T.Cell(", ".join(map(str, ns)) or T.MISSING))
+                ns[header] = int(r["n_id"])
+        cells.append(T.Cell(points_text(ns)))
         rows.append(cells)
-    headers = ["Detector", *(h for _, h in RELATION_NC), "Points"]
+    headers = ["Detector", *(h for _, h in RELATION_NC), "Points per correlation"]
     return T.Table(
         f"Spearman rho of AUROC with collapse metrics [95% interval], OOD set {ood}",
         headers,
         rows,
-        note="Points: snapshots x layers x regimes x seeds where both metrics exist.",
+        note="Points: snapshots x layers x regimes x seeds where both metrics exist; one "
+        "number when every correlation of the row has as many, else the count of each "
+        "(NC5 exists on the penultimate layer only, so it can have fewer).",
+        text_columns=(len(headers) - 1,),
     )
+
+
+def points_text(ns: Mapping[str, int]) -> str:
+    """``40`` when all correlations have as many points, else ``NC1, CDNV: 40; NC5: 8``."""
+    if not ns:
+        return T.MISSING
+    if len(set(ns.values())) == 1:
+        return str(next(iter(ns.values())))
+    groups: dict[int, list[str]] = {}
+    for header, n in ns.items():
+        groups.setdefault(n, []).append(header)
+    return "; ".join(f"{', '.join(h)}: {n}" for n, h in groups.items())
 
 
 def relation_verdict(r: pd.Series) -> str:

@@ -83,14 +83,20 @@ class Cell:
 
 @dataclass
 class Table:
-    """Title, header row, rows of cells and a note; ``labels`` leading columns are text."""
+    """Title, header row, rows of cells and a note; ``labels`` leading columns are text, and
+    so are the columns listed in ``text_columns`` (the others are numbers, right-aligned)."""
 
     title: str
     headers: list[str]
     rows: list[list[Cell]]
     note: str = ""
     labels: int = 1
+    text_columns: tuple[int, ...] = ()
     kind: str = field(default="table", init=False)
+
+    def numeric(self, j: int) -> bool:
+        """Is column ``j`` a number column (right-aligned)?"""
+        return j >= self.labels and j not in self.text_columns
 
 
 # ------------------------------------------------------------------------ queries
@@ -474,7 +480,7 @@ def _md(text: str) -> str:
 
 
 def _numeric(table: Table) -> list[bool]:
-    return [j >= table.labels for j in range(len(table.headers))]
+    return [table.numeric(j) for j in range(len(table.headers))]
 
 
 def markdown_table(table: Table) -> str:
