@@ -942,6 +942,9 @@ def test_selection_sentence_says_whether_test_sets_were_used(zoo):
     leaked = Results(df.assign(ood=df["ood"].mask(sel, "digits")), res.meta)
     s = R.selection_sentence(leaked)
     assert "digits is also a test OOD set" in s and "were not used" not in s
+    two = Results(df.assign(ood=df["ood"].mask(sel, f"{VAL_OOD}+texture_crops")), res.meta)
+    s = R.selection_sentence(two)  # several validation sets are joined by "+" (the schema)
+    assert "validation OOD sets" in s and "texture_crops is also a test OOD set" in s
     assert R.selection_sentence(make_results(n_id=100, n_ood=80)[0]) == ""
 
 
@@ -991,3 +994,26 @@ def test_zoo_report_renders_readably(zoo, zoo_report):
     assert text.isascii()
     assert text.count("detectors ranked by AUROC") == len(REGIMES) * len(OOD_SETS)
     assert "hyperparameters chosen on validation data" in text
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not on PATH (apt-get install chromium)"
+)
+def test_zoo_report_opens_in_headless_chromium(zoo_report, tmp_path):
+    """The 21-detector report as a browser parses it: ranking and selection tables, no errors."""
+    out, paths = zoo_report
+    run = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'p'}", "--dump-dom",
+         paths["html"].resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    dom = run.stdout
+    _check_dom(dom, len(list((out / "figures").glob("*.png"))))
+    ranking = dom.split('<section id="ranking">')[1].split('<section id="selection">')[0]
+    assert ranking.count("<table") == len(REGIMES) * len(OOD_SETS)
+    selection = dom.split('<section id="selection">')[1].split('<section id="scores">')[0]
+    assert selection.count("<table") >= len(REGIMES) * 4  # summary, 1-D grids, gen, nnguide
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console

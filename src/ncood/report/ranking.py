@@ -365,7 +365,8 @@ def selection_sentence(res: Results) -> str:
     df = res.select(metric=["selection_auroc", "selection_chosen"], layer=PENULTIMATE)
     if not len(df):
         return ""
-    val = list(dict.fromkeys(df["ood"].dropna()))
+    # several validation OOD sets are written as one name joined by "+" (results_schema.md)
+    val = list(dict.fromkeys(p for o in df["ood"].dropna() for p in str(o).split("+")))
     tests = T.oods(res)
     sizes = "; ".join(
         f"{o} ({', '.join(map(T.integer, dict.fromkeys(g['n_ood'].dropna())))} images)"
@@ -374,15 +375,18 @@ def selection_sentence(res: Results) -> str:
     n_id = ", ".join(map(T.integer, dict.fromkeys(df["n_id"].dropna())))
     s = (
         "Hyperparameters with a grid were chosen by validation AUROC: the ID validation split "
-        f"({n_id} images) against the validation OOD set {sizes}. "
+        f"({n_id} images) against the validation OOD {'sets' if len(val) > 1 else 'set'} "
+        f"{sizes}. "
     )
     shared = [o for o in val if o in tests]
     if shared:
+        verb = "are also test OOD sets" if len(shared) > 1 else "is also a test OOD set"
         return s + (
-            f"{', '.join(shared)} is also a test OOD set: its test numbers for the tuned "
-            "detectors are not independent of the choice."
+            f"{', '.join(shared)} {verb}: the test numbers of the tuned detectors there are not "
+            "independent of the choice."
         )
+    which = "None of them is" if len(val) > 1 else "It is not"
     return s + (
-        f"It is none of the test OOD sets ({', '.join(tests) or 'none'}): the test sets were "
+        f"{which} one of the test OOD sets ({', '.join(tests) or 'none'}): the test sets were "
         "not used for the choice."
     )
