@@ -164,7 +164,7 @@ def test_list_prints_every_registered_name_with_a_description(kind, capsys):
     assert main(["list", kind]) == 0
     lines = capsys.readouterr().out.splitlines()
     listed = [line.split()[0] for line in lines]
-    extra = ["folder:PATH", "npz:PATH"] if kind == "datasets" else []
+    extra = {"datasets": ["folder:PATH", "npz:PATH"], "detectors": ["odin"]}.get(kind, [])
     assert listed == [*names, *extra]
     for line in lines:
         name, _, text = line.partition("  ")

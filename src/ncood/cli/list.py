@@ -66,6 +66,14 @@ def entries(kind: str) -> list[tuple[str, str]]:
     if kind == "datasets":
         rows.append(("folder:PATH", "images under PATH/<class>/ (a flat folder: unlabelled)"))
         rows.append(("npz:PATH", "arrays 'images' (and optional 'labels') in an .npz file"))
+    if kind == "detectors":  # not a registered (feature-array) detector: it runs the network
+        rows.append(
+            (
+                "odin",
+                "ODIN: max softmax(f(x~) / T) on the input perturbed to raise it (runs the "
+                "network: ncood.evaluate / ncood.odin, not ncood score)",
+            )
+        )
     return rows
 
 
