@@ -50,6 +50,32 @@ def iter_chunks(n: int, rows: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + rows)
 
 
+# Above this many classes, class sums are one bincount instead of a one-hot product.
+BINCOUNT_CLASSES = 128
+
+
+def class_sums(z: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class sums ``(C, D)`` float64 of the rows of ``z (b, D)``, ``labels (b,)`` in
+    ``[0, C)``.
+
+    Up to :data:`BINCOUNT_CLASSES` classes the one-hot product ``(C, b) @ (b, D)`` (2C
+    flops per value, in BLAS); above, one ``np.bincount`` over the flat index ``label * D
+    + column`` (each value added once, in row order), whose cost does not grow with C:
+    they break even near C = 100 (measured at D = 512), bincount is ~6x faster at C =
+    1000 and ~5x slower at C = 10. ``np.add.at`` is slower than both.
+    """
+    b, d = z.shape
+    y = np.asarray(labels, dtype=np.int64)
+    z = np.asarray(z, dtype=np.float64)
+    if num_classes <= BINCOUNT_CLASSES:
+        onehot = np.zeros((num_classes, b), dtype=np.float64)
+        onehot[y, np.arange(b)] = 1.0
+        return onehot @ z
+    flat = (y * d)[:, None] + np.arange(d)  # (b, D)
+    sums = np.bincount(flat.ravel(), weights=z.ravel(), minlength=num_classes * d)
+    return sums.reshape(num_classes, d)
+
+
 def check_2d(arr, name: str) -> Any:
     """Check that ``arr`` is a non-empty 2-D array-like without copying it (memmap-safe)."""
     if arr is None:
@@ -66,8 +92,14 @@ def check_2d(arr, name: str) -> Any:
 
 
 def read_chunk(arr, start: int, stop: int, name: str) -> np.ndarray:
-    """Rows ``start:stop`` of ``arr`` as finite float64; NaN/inf name the global index."""
-    block = np.asarray(arr[start:stop], dtype=np.float64)
+    """Rows ``start:stop`` of ``arr`` as finite float64; NaN/inf name the global index.
+
+    Finiteness is checked on the rows in their own dtype, before the conversion (for
+    float32 features half the memory traffic of checking the float64 copy).
+    """
+    block = np.asarray(arr[start:stop])
+    if block.dtype.kind not in "fiu":  # e.g. object or complex: convert as before
+        block = np.asarray(block, dtype=np.float64)
     if not np.isfinite(block).all():
         bad = np.argwhere(~np.isfinite(block))
         raise ShapeError(
@@ -75,7 +107,7 @@ def read_chunk(arr, start: int, stop: int, name: str) -> np.ndarray:
             f"at index {[int(bad[0][0]) + start, *map(int, bad[0][1:])]}); check the model "
             "output or drop those samples"
         )
-    return block
+    return block.astype(np.float64, copy=False)
 
 
 class ClassStats:
@@ -147,7 +179,11 @@ class ClassStats:
         c = int(y.max()) + 1 if num_classes is None else int(num_classes)
         stats = cls(c, d, second_moment=second_moment)
         for start, stop in iter_chunks(n, chunk_rows(d, chunk_size)):
-            stats.update(read_chunk(feats, start, stop, name), y[start:stop])
+            # read_chunk checked finiteness and as_labels the labels: no second check; a
+            # converted (fresh) chunk is shifted in place, one that views the input is not
+            block = read_chunk(feats, start, stop, name)
+            fresh = isinstance(feats, np.ndarray) and not np.may_share_memory(block, feats)
+            stats._accumulate(block, y[start:stop], in_place=fresh)
         return stats
 
     @classmethod
@@ -180,9 +216,19 @@ class ClassStats:
             return self
         check_finite(z, "features")
         y = as_labels(labels, z.shape[0], num_classes=self.num_classes)
+        return self._accumulate(z, y)
+
+    def _accumulate(self, z: np.ndarray, y: np.ndarray, *, in_place: bool = False) -> ClassStats:
+        """Add a checked batch: finite float64 ``z (b, D)``, labels ``y (b,)`` in range.
+
+        ``in_place``: ``z`` is a scratch copy that may be overwritten (shifted in place).
+        """
         if self.shift is None:
             self.shift = z.mean(axis=0)
-        z = z - self.shift
+        if in_place:
+            z -= self.shift
+        else:
+            z = z - self.shift
         self.counts += np.bincount(y, minlength=self.num_classes)
         np.add.at(self.sums, y, z) if z.shape[0] < 64 else self._add_sums(z, y)
         self.sq_norms += np.bincount(
@@ -193,10 +239,8 @@ class ClassStats:
         return self
 
     def _add_sums(self, z: np.ndarray, y: np.ndarray) -> None:
-        # one-hot matmul: (C, b) @ (b, D) is much faster than np.add.at for large batches
-        onehot = np.zeros((self.num_classes, z.shape[0]), dtype=np.float64)
-        onehot[y, np.arange(z.shape[0])] = 1.0
-        self.sums += onehot @ z
+        # class_sums (a one-hot product or a bincount) is much faster than np.add.at here
+        self.sums += class_sums(z, y, self.num_classes)
 
     # ------------------------------------------------------------------ merging
     def rebased(self, shift: np.ndarray) -> ClassStats:

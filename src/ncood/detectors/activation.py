@@ -23,7 +23,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from ncood.detectors.base import Detector, chunk_rows, iter_chunks, read_chunk, register_detector
+from ncood.detectors.base import (
+    Detector,
+    iter_chunks,
+    logsumexp_rows,
+    pass_rows,
+    read_chunk,
+    register_detector,
+)
 from ncood.detectors.classwise import feature_mean
 from ncood.errors import ConfigError
 from ncood.validation import check_number
@@ -37,12 +44,6 @@ def kept_count(d: int, percentile: float) -> int:
     return d - int(np.round(d * percentile / 100.0))
 
 
-def top_k_indices(z: np.ndarray, k: int) -> np.ndarray:
-    """Column indices ``(b, k)`` of the ``k`` largest entries of each row of ``z``."""
-    d = z.shape[1]
-    return np.argpartition(z, d - k, axis=1)[:, d - k :]
-
-
 def sharpen_factor(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """``exp(s1 / s2)`` where ``s2 > 0``, else 1 (see the module docstring)."""
     ratio = np.divide(s1, s2, out=np.zeros_like(s1), where=s2 > 0)
@@ -50,18 +51,22 @@ def sharpen_factor(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
 
 
 def energy(logits: np.ndarray) -> np.ndarray:
-    """``logsumexp`` over the rows of ``logits (b, C)`` (finite input; ~3x faster than
-    scipy's, which also handles infinities and weights)."""
-    top = logits.max(axis=1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    """``logsumexp`` over the rows of ``logits (b, C)`` (finite input;
+    :func:`~ncood.detectors.base.logsumexp_rows`)."""
+    return logsumexp_rows(logits)
 
 
 class _Shaping(Detector):
     """Shared fit/score of the percentile-pruning detectors (head + kept count).
 
-    Subclasses implement ``_logits(z, idx, kept)`` from the kept entries' indices
-    ``idx (b, k)`` and values ``kept (b, k)``; the head is applied once per chunk and
-    the per-sample factors are applied to the logits (``W (a z) = a (W z)``).
+    Each chunk is partitioned once per row (``np.partition``, values only): the ``k``
+    largest entries then sit in the last ``k`` columns, their sum is ``s2`` and the
+    smallest of them is the cut. Subclasses implement ``_logits(z, part)``; the head is
+    applied once per chunk and the per-sample factors are applied to the logits
+    (``W (a z) = a (W z)``). The kept entries are those ``>= cut``, which is the set
+    ``np.argpartition`` keeps except in rows where the cut value is tied: such rows
+    (:meth:`_tied`) are pruned by ``argpartition`` as before, so every score is the one
+    of the index-based implementation.
     """
 
     uses_features = True
@@ -84,25 +89,45 @@ class _Shaping(Detector):
             )
         if features is not None:  # not used, but validated as every fit does (NaN/inf)
             n, d = features.shape
-            for start, stop in iter_chunks(n, chunk_rows(d)):
+            for start, stop in iter_chunks(n, pass_rows(d)):
                 if not np.isfinite(np.asarray(features[start:stop])).all():
                     read_chunk(features, start, stop, "train features")  # raises, with where
         self.k_ = k
         self.weight_ = head.weight
         self.bias_ = head.bias
 
-    def _pruned(self, z, idx, values) -> np.ndarray:
-        out = np.zeros_like(z)
-        np.put_along_axis(out, idx, values, axis=1)
-        return out
+    def _mask(self, z, part, *, zero_ties_ok: bool):
+        """``(b, D)`` bool of the kept entries (``>= cut``), with tied rows re-pruned.
 
-    def _logits(self, z, idx, kept) -> np.ndarray:
+        A row whose cut is tied keeps more than ``k`` entries with ``>= cut``; those rows
+        get exactly the ``k`` entries ``np.argpartition`` keeps. ``zero_ties_ok``: extra
+        kept entries equal to 0 change nothing (ASH-P, ASH-S), so ties at a cut of 0 need
+        no re-pruning there.
+        """
+        d, k = z.shape[1], self.k_
+        cut = part[:, d - k]  # (b,) the k-th largest entry
+        mask = z >= cut[:, None]  # (b, D)
+        tied = np.count_nonzero(mask, axis=1) > k
+        if zero_ties_ok:
+            tied &= cut != 0
+        if tied.any():
+            rows = np.flatnonzero(tied)
+            idx = np.argpartition(z[rows], d - k, axis=1)[:, d - k :]  # (t, k)
+            exact = np.zeros((rows.size, d), dtype=bool)
+            np.put_along_axis(exact, idx, True, axis=1)
+            mask[rows] = exact
+        return mask
+
+    def _logits(self, z, part) -> np.ndarray:
         raise NotImplementedError
 
     def _score(self, z, f):
-        idx = top_k_indices(z, self.k_)  # (b, k)
-        kept = np.take_along_axis(z, idx, axis=1)  # (b, k)
-        return energy(self._logits(z, idx, kept))
+        part = np.partition(z, z.shape[1] - self.k_, axis=1)  # (b, D): top k last
+        return energy(self._logits(z, part))
+
+    def _kept_sum(self, part) -> np.ndarray:
+        """``s2 (b,)``: the sum of the ``k`` largest entries of each row."""
+        return part[:, part.shape[1] - self.k_ :].sum(axis=1)
 
 
 @register_detector("scale")
@@ -128,8 +153,8 @@ class SCALE(_Shaping):
     def __init__(self, *, percentile: float = 85.0) -> None:
         super().__init__(percentile=percentile)
 
-    def _logits(self, z, idx, kept):
-        factor = sharpen_factor(z.sum(axis=1), kept.sum(axis=1))  # (b,)
+    def _logits(self, z, part):
+        factor = sharpen_factor(z.sum(axis=1), self._kept_sum(part))  # (b,)
         return (z @ self.weight_.T) * factor[:, None] + self.bias_
 
 
@@ -148,9 +173,10 @@ class ASHS(_Shaping):
 
     _label = "ASH-S"
 
-    def _logits(self, z, idx, kept):
-        factor = sharpen_factor(z.sum(axis=1), kept.sum(axis=1))  # (b,)
-        return (self._pruned(z, idx, kept) @ self.weight_.T) * factor[:, None] + self.bias_
+    def _logits(self, z, part):
+        factor = sharpen_factor(z.sum(axis=1), self._kept_sum(part))  # (b,)
+        pruned = np.where(self._mask(z, part, zero_ties_ok=True), z, 0.0)  # (b, D)
+        return (pruned @ self.weight_.T) * factor[:, None] + self.bias_
 
 
 @register_detector("ash_p")
@@ -166,8 +192,9 @@ class ASHP(_Shaping):
 
     _label = "ASH-P"
 
-    def _logits(self, z, idx, kept):
-        return self._pruned(z, idx, kept) @ self.weight_.T + self.bias_
+    def _logits(self, z, part):
+        pruned = np.where(self._mask(z, part, zero_ties_ok=True), z, 0.0)  # (b, D)
+        return pruned @ self.weight_.T + self.bias_
 
 
 @register_detector("ash_b")
@@ -183,9 +210,10 @@ class ASHB(_Shaping):
 
     _label = "ASH-B"
 
-    def _logits(self, z, idx, kept):
+    def _logits(self, z, part):
         fill = z.sum(axis=1) / self.k_  # (b,)
-        return (self._pruned(z, idx, 1.0) @ self.weight_.T) * fill[:, None] + self.bias_
+        kept = self._mask(z, part, zero_ties_ok=False).astype(np.float64)  # (b, D) 0/1
+        return (kept @ self.weight_.T) * fill[:, None] + self.bias_
 
 
 @register_detector("dice")

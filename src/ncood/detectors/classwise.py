@@ -17,10 +17,12 @@ import numpy as np
 
 from ncood.detectors.base import (
     Detector,
-    chunk_rows,
+    class_sums,
     iter_chunks,
+    pass_rows,
     read_chunk,
     register_detector,
+    row_norms,
 )
 from ncood.detectors.gaussian import whitening_factor
 from ncood.errors import ConfigError, ShapeError
@@ -44,7 +46,7 @@ def feature_mean(features, stats, owner: str) -> np.ndarray:
         )
     n, d = features.shape
     total = np.zeros(d, dtype=np.float64)
-    for start, stop in iter_chunks(n, chunk_rows(d)):
+    for start, stop in iter_chunks(n, pass_rows(d)):
         # summed in float64 without a float64 copy of the chunk; any NaN/inf entry makes
         # its column sum non-finite, and read_chunk then raises naming where it is
         block_sum = np.asarray(features[start:stop]).sum(axis=0, dtype=np.float64)
@@ -52,14 +54,6 @@ def feature_mean(features, stats, owner: str) -> np.ndarray:
             read_chunk(features, start, stop, "train features")
         total += block_sum
     return total / n
-
-
-def _class_sums(z: np.ndarray, labels: np.ndarray, c: int) -> np.ndarray:
-    """Per-class sums ``(C, D)`` of the rows of ``z (b, D)`` (one-hot product: BLAS beats
-    ``np.add.at`` and ``reduceat`` here)."""
-    onehot = np.zeros((c, len(labels)), dtype=np.float64)
-    onehot[labels, np.arange(len(labels))] = 1.0
-    return onehot @ z
 
 
 @register_detector("rmds")
@@ -98,17 +92,22 @@ class RMDS(Detector):
         self.background_whitener_ = whitening_factor(stats.total_cov())  # (D, r0)
         self.white_means_ = (self.means_ - self.center_) @ self.whitener_  # (C, r)
         self._sq_means = np.einsum("cr,cr->c", self.white_means_, self.white_means_)
+        # both whiteners side by side: one pass of one product per chunk
+        self._whiteners = np.ascontiguousarray(
+            np.concatenate([self.whitener_, self.background_whitener_], axis=1)
+        )  # (D, r + r0)
 
     def _score(self, z, f):
         d = z - self.center_  # (b, D)
-        a = d @ self.whitener_  # (b, r)
+        both = d @ self._whiteners  # (b, r + r0)
+        r = self.whitener_.shape[1]
+        a, a0 = both[:, :r], both[:, r:]  # (b, r), (b, r0)
         md = (
             np.einsum("br,br->b", a, a)[:, None]
             - 2.0 * (a @ self.white_means_.T)
             + self._sq_means[None, :]
         )  # (b, C) squared class distances
         md_min = np.maximum(md.min(axis=1), 0.0)  # rounding can make a tiny one negative
-        a0 = d @ self.background_whitener_  # (b, r0)
         return np.einsum("br,br->b", a0, a0) - md_min
 
 
@@ -173,7 +172,7 @@ class FDBD(Detector):
         gap = np.abs(f - f[np.arange(len(f)), pred][:, None])  # (b, C)
         mean_dist = np.sum(gap * self.inv_boundary_[pred], axis=1) / (f.shape[1] - 1)
         ref = z - self.center_ if self.distance_as_normalizer else z
-        return mean_dist / np.maximum(np.linalg.norm(ref, axis=1), TINY)
+        return mean_dist / np.maximum(row_norms(ref), TINY)
 
 
 @register_detector("nci")
@@ -216,7 +215,7 @@ class NCI(Detector):
         d = z - self.center_  # (b, D)
         pred = f.argmax(axis=1)
         dot = np.einsum("bd,bd->b", d, self.directions_[pred])
-        cos = dot / np.maximum(np.linalg.norm(d, axis=1), TINY)
+        cos = dot / np.maximum(row_norms(d), TINY)
         return cos + self.alpha * np.abs(z).sum(axis=1)
 
 
@@ -251,11 +250,12 @@ class SHE(Detector):
         y = as_labels(labels, n, num_classes=c)
         sums = np.zeros((c, d), dtype=np.float64)
         counts = np.zeros(c, dtype=np.int64)
-        for start, stop in iter_chunks(n, chunk_rows(d)):
+        for start, stop in iter_chunks(n, pass_rows(d)):
             z = read_chunk(features, start, stop, "train features")  # (b, D)
             yb = y[start:stop]
             correct = (z @ head.weight.T + head.bias).argmax(axis=1) == yb
-            sums += _class_sums(z[correct], yb[correct], c)
+            # misclassified rows go to an extra bin (c), dropped: no copy of the others
+            sums += class_sums(z, np.where(correct, yb, c), c + 1)[:c]
             counts += np.bincount(yb[correct], minlength=c)
         present = np.bincount(y, minlength=c) > 0
         if not present.all():
@@ -272,11 +272,11 @@ class SHE(Detector):
                 int(fallback.sum()),
                 np.flatnonzero(fallback)[:10].tolist(),
             )
-            for start, stop in iter_chunks(n, chunk_rows(d)):
+            for start, stop in iter_chunks(n, pass_rows(d)):
                 yb = y[start:stop]
                 rows = fallback[yb]
                 z = read_chunk(features, start, stop, "train features")[rows]
-                sums += _class_sums(z, yb[rows], c)
+                sums += class_sums(z, yb[rows], c)
                 counts += np.bincount(yb[rows], minlength=c)
         self.patterns_ = sums / counts[:, None]
         self.n_correct_ = np.where(fallback, 0, counts)

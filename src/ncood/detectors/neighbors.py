@@ -31,14 +31,16 @@ import numbers
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ncood.detectors.base import (
     Detector,
     chunk_rows,
     iter_chunks,
+    logsumexp_rows,
+    pass_rows,
     read_chunk,
     register_detector,
+    row_norms,
 )
 from ncood.errors import ConfigError
 from ncood.validation import as_labels, check_number
@@ -80,7 +82,7 @@ def _faiss():
 
 def _normalise(z: np.ndarray) -> np.ndarray:
     """Rows of ``z (b, D)`` divided by their L2 norm (+ ``NORM_EPS``), float64."""
-    return z / (np.linalg.norm(z, axis=1, keepdims=True) + NORM_EPS)
+    return z / (row_norms(z)[:, None] + NORM_EPS)
 
 
 def _smallest(values: np.ndarray, idx: np.ndarray | None, m: int):
@@ -355,22 +357,26 @@ class NNGuide(Detector):
         n_bank = min(n, max(self.k, math.ceil(self.bank_fraction * n)))
         rows = np.unique(np.linspace(0, n - 1, n_bank).round().astype(np.int64))
         bank = np.empty((rows.size, d), dtype=np.float64)
-        # contiguous chunks only (features may be a memmap or a row reader)
-        for start, stop in iter_chunks(n, chunk_rows(d)):
+        # contiguous chunks only (features may be a memmap or a row reader); a chunk is
+        # checked for NaN/inf in its own dtype and only its bank rows become float64
+        for start, stop in iter_chunks(n, pass_rows(d)):
             lo, hi = np.searchsorted(rows, [start, stop])
             if lo == hi:
                 continue
-            z = read_chunk(features, start, stop, "train features")[rows[lo:hi] - start]
-            energy = logsumexp(z @ head.weight.T + head.bias, axis=1)  # (b,)
+            block = np.asarray(features[start:stop])
+            if not np.isfinite(block).all():
+                read_chunk(features, start, stop, "train features")  # raises, naming where
+            z = block[rows[lo:hi] - start].astype(np.float64)  # (b, D)
+            energy = logsumexp_rows(z @ head.weight.T + head.bias)  # (b,)
             bank[lo:hi] = _normalise(z) * energy[:, None]
         self.bank_ = bank
         self.n_bank_ = int(rows.size)
 
     def _score_chunk_rows(self, width: int) -> int:
-        return max(1, min(SIM_VALUES // self.bank_.shape[0], chunk_rows(width)))
+        return max(1, min(SIM_VALUES // self.bank_.shape[0], pass_rows(width)))
 
     def _score(self, z, f):
         sims = _normalise(z) @ self.bank_.T  # (b, n_bank)
         n_bank = sims.shape[1]
         top = np.partition(sims, n_bank - self.k, axis=1)[:, n_bank - self.k :]  # (b, k)
-        return logsumexp(f, axis=1) * top.mean(axis=1)
+        return logsumexp_rows(f) * top.mean(axis=1)

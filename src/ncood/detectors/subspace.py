@@ -7,15 +7,16 @@ import numbers
 
 import numpy as np
 from scipy.linalg import eigh
-from scipy.special import logsumexp
 
 from ncood.detectors.base import (
     Detector,
-    chunk_rows,
     eigen_cutoff,
     iter_chunks,
+    logsumexp_rows,
+    pass_rows,
     read_chunk,
     register_detector,
+    row_norms,
 )
 from ncood.errors import ConfigError
 from ncood.validation import check_number
@@ -140,17 +141,17 @@ class ViM(Detector):
         max_logit_sum = 0.0
         residual_sum = 0.0
         n = features.shape[0]
-        for start, stop in iter_chunks(n, chunk_rows(d)):
+        for start, stop in iter_chunks(n, pass_rows(d)):
             z = read_chunk(features, start, stop, "train features")  # (b, D)
             max_logit_sum += float((z @ head.weight.T + head.bias).max(axis=1).sum())
-            residual_sum += float(np.linalg.norm((z - self.origin_) @ self.residual_, axis=1).sum())
+            residual_sum += float(row_norms((z - self.origin_) @ self.residual_).sum())
         # residual_sum > 0: dim < rank, so the residual holds at least one direction with
         # an eigenvalue above the cut-off
         self.alpha_ = max_logit_sum / residual_sum  # ratio of means (the counts cancel)
 
     def _score(self, z, f):
-        residual = np.linalg.norm((z - self.origin_) @ self.residual_, axis=1)  # (b,)
-        return logsumexp(f, axis=1) - self.alpha_ * residual
+        residual = row_norms((z - self.origin_) @ self.residual_)  # (b,)
+        return logsumexp_rows(f) - self.alpha_ * residual
 
 
 # Default explained-variance fraction of NECO when neither dim nor variance is given.
@@ -277,14 +278,34 @@ class NECO(Detector):
         self.mean_ = mean
         self.scale_ = scale
         self.components_ = np.ascontiguousarray(evecs[:, :dim])  # (D, dim)
+        # the other D - dim eigenvectors: when fewer, ||V^T s||^2 = ||s||^2 - ||V_rest^T s||^2
+        # halves the scoring product (see _score)
+        self._rest = np.ascontiguousarray(evecs[:, dim:]) if d - dim < dim else None
         self.explained_variance_ratio_ = ratio
         self.explained_variance_ = float(ratio[:dim].sum())
         self.n_constant_ = int(constant.sum())
 
     def _score(self, z, f):
         s = (z - self.mean_) / self.scale_  # (b, D)
-        top = np.linalg.norm(s @ self.components_, axis=1)  # (b,)
-        full = np.linalg.norm(s, axis=1)
+        full_sq = np.einsum("bd,bd->b", s, s)
+        rest = getattr(self, "_rest", None)
+        if rest is None:
+            proj = s @ self.components_  # (b, dim)
+            top_sq = np.einsum("bk,bk->b", proj, proj)
+        else:
+            # [V, V_rest] is an orthonormal basis, so ||V^T s||^2 = ||s||^2 - ||V_rest^T s||^2
+            # with the smaller product. The difference has an absolute error of a few ulps
+            # of ||s||^2, i.e. a relative error of the ratio top/full of about
+            # eps * (full/top)^2: rows with top^2 < full^2 / 16 (error above ~1e-15) are
+            # projected on V directly instead.
+            proj = s @ rest  # (b, D - dim)
+            top_sq = full_sq - np.einsum("bk,bk->b", proj, proj)
+            low = top_sq < full_sq / 16.0
+            if low.any():
+                direct = s[low] @ self.components_
+                top_sq[low] = np.einsum("bk,bk->b", direct, direct)
+        top = np.sqrt(np.maximum(top_sq, 0.0))  # (b,)
+        full = np.sqrt(full_sq)
         # a sample exactly at the train mean (s = 0): 0/0; give it the largest ratio, 1
         out = np.divide(top, full, out=np.ones_like(top), where=full > 0)
         if self.use_maxlogit:
