@@ -1017,3 +1017,37 @@ def test_zoo_report_opens_in_headless_chromium(zoo_report, tmp_path):
     assert selection.count("<table") >= len(REGIMES) * 4  # summary, 1-D grids, gen, nnguide
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console
+
+
+def test_depth_finding_lists_the_largest_gains_of_a_zoo(zoo):
+    """With 10 per-layer detectors the sentence names the 5 largest gains and the count."""
+    from ncood.report.findings import MAX_LISTED, depth_findings
+
+    res = zoo[0]
+    branches = set()
+    for regime in REGIMES:
+        df = _final(res, regime, metric="auroc")
+        df = df[
+            df["detector"].isin(
+                df.groupby("detector")["layer"].nunique().pipe(lambda n: n[n > 1].index)
+            )
+        ]
+        pct = df.assign(v=(100 * df["value"]).round(2))
+        pen = pct[pct["layer"] == PENULTIMATE].set_index(["detector", "ood"])["v"]
+        early = pct[pct["layer"] != PENULTIMATE].groupby(["detector", "ood"])["v"].max()
+        gain = (early - pen).dropna()
+        better = gain[gain > 0].sort_values(ascending=False)
+        (s,) = [f for f in depth_findings(res) if f.startswith(f"In {regime}, per-layer")]
+        assert f"at penultimate for {len(gain) - len(better)} of {len(gain)} " in s
+        named = re.findall(r"(\w+) on (\w+) \(\w+ [\d.]+% vs [\d.]+%\)", s)
+        if len(better) > MAX_LISTED:
+            assert f"for the other {len(better)}, by the most for" in s
+            assert len(named) == MAX_LISTED
+            branches.add("largest")
+            assert {g for g in named} <= set(better.index) and min(
+                better[list(named)]
+            ) >= better.iloc[MAX_LISTED]
+        else:
+            assert set(named) == set(better.index)
+            branches.add("every")
+    assert branches == {"largest", "every"}  # the fixture has both cases

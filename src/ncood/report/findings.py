@@ -24,6 +24,9 @@ import pandas as pd
 from ncood.report import tables as T
 from ncood.results import PENULTIMATE, Results
 
+#: A sentence lists at most this many detector/OOD-set pairs (the tables hold every one).
+MAX_LISTED = 5
+
 
 def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
@@ -260,7 +263,10 @@ def depth_findings(res: Results) -> list[str]:
             lay, v = max(prev, key=lambda kv: kv[1])
             if v > row[-1].key:
                 better.append(
-                    f"{row[0].text} on {row[1].text} ({lay} {v:.2f}% vs {row[-1].key:.2f}%)"
+                    (
+                        v - row[-1].key,
+                        f"{row[0].text} on {row[1].text} ({lay} {v:.2f}% vs {row[-1].key:.2f}%)",
+                    )
                 )
             else:
                 worse += 1
@@ -269,9 +275,15 @@ def depth_findings(res: Results) -> list[str]:
             f"In {reg}, per-layer detectors score their highest AUROC at {last} for {worse} of "
             f"{n} detector/OOD-set pairs"
         )
-        out.append(
-            s + (f"; an earlier layer scores higher for {_join(better)}." if better else ".")
-        )
+        if len(better) > MAX_LISTED:  # a zoo of detectors: the largest gains, and the count
+            top = sorted(better, key=lambda g: -g[0])[:MAX_LISTED]
+            s += (
+                f"; an earlier layer scores higher for the other {len(better)}, by the most for "
+                f"{_join([t for _, t in top])} (every pair is in the per-layer AUROC table)"
+            )
+        elif better:
+            s += f"; an earlier layer scores higher for {_join([t for _, t in better])}"
+        out.append(s + ".")
     return out
 
 

@@ -241,7 +241,9 @@ class _Report:
             rows = [[k, _duration(v), f"{v:.1f}"] for k, v in m["durations"].items()]
             s.blocks.append(_kv("Durations", ["Stage", "Wall time", "Seconds"], rows))
         params = self.res.select(metric="auroc").drop_duplicates(["detector", "params"])
-        used = params.groupby("detector", sort=False)["params"].agg(lambda p: "; ".join(p.dropna()))
+        used = params.groupby("detector", sort=False)["params"].agg(
+            lambda p: " | ".join(R.params_text(x) for x in p.dropna())
+        )
         rows = [
             [
                 d,
@@ -251,9 +253,25 @@ class _Report:
             ]
             for d in self.dets
         ]
-        s.blocks.append(
-            _kv("Detector hyperparameters", ["Detector", "Configured", "In the results"], rows)
+        selected = bool(len(self.res.select(metric="selection_chosen")))
+        table = _kv(
+            "Detector hyperparameters",
+            ["Detector", "At the head (run.json)", "In the results (every row, | between)"],
+            rows,
         )
+        table.text_columns = (1, 2)  # long values wrap
+        table.note = (
+            "At the head: the values of the first network's head (run.json 'detectors'). "
+            + (
+                "With hyperparameter selection those are the chosen values (Hyperparameter "
+                "selection); snapshots and earlier layers keep the configured ones. "
+                if selected
+                else ""
+            )
+            + "In the results: every distinct setting in the AUROC rows (an earlier layer may "
+            "adapt a value to its width)."
+        )
+        s.blocks.append(table)
         if cfg:
             s.blocks.append(Text(_yaml(cfg), "pre", "Resolved run config (YAML)"))
 
