@@ -146,7 +146,8 @@ def _tie_cell(au: pd.DataFrame, diff: pd.DataFrame, det: str, best: str) -> tupl
         tied, how = out[0]
         return f"{'yes' if tied else 'no'}: {how}", bool(tied)
     k = sum(decided)
-    return f"tied in {k} of {len(decided)} seeds", k == len(decided)
+    n = len(decided)
+    return f"tied in {k} of {n} seed{'s' if n > 1 else ''}", k == n
 
 
 def chosen_text(res: Results, regime: str, det: str) -> str:
