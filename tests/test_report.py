@@ -778,6 +778,13 @@ def test_zoo_fixture_has_what_the_brief_asks(zoo):
     n_cands = {d: math.prod(len(v) for v in g.values()) for d, g in GRIDS.items()}
     per = df[df["metric"] == "selection_auroc"].groupby(["regime", "detector"]).size()
     assert all(per[(r, d)] == n for r in REGIMES for d, n in n_cands.items())
+    sel = df[df["metric"].isin(["selection_auroc", "selection_chosen"])]  # the shared schema
+    keys = ["regime", "seed", "epoch", "layer", "detector", "ood", "params", "n_id", "n_ood"]
+    assert sel[keys].notna().all().all() and sel[["ci_low", "ci_high"]].isna().all().all()
+    assert set(sel["layer"]) == {PENULTIMATE} and set(sel["epoch"]) == {LAST}
+    assert set(res.meta["selection"]) == set(GRIDS)
+    for info in res.meta["selection"].values():
+        assert set(info) == {"grid", "chosen", "val_auroc", "val_ood", "n_val_id", "n_val_ood"}
 
 
 @pytest.mark.parametrize("regime", REGIMES)
