@@ -8,6 +8,12 @@ is one :class:`~ncood.results.Results` table, written as ``results.csv`` + ``run
 (``docs/results_schema.md``), beside ``scores.npz`` (raw scores of the final networks,
 for the report's figures) and the report.
 
+A regime may also be a model brought by the user (``{checkpoint: PATH, model:
+"torchvision:NAME", num_classes: ...}``): it is not trained, its features are streamed
+as ``ncood extract --model`` streams them, then analysed like any other network (no
+history, no snapshots, epoch empty). Each final network's features are also written as a
+plain features directory, ``regimes/<regime>[/seed_<s>]/features/``.
+
 Re-running with the same config reuses finished stages: a finished training run is
 loaded, an unfinished one resumed from ``last.pt``, features come from the cache.
 Only one process may write an output directory at a time (``.lock``).
@@ -21,6 +27,8 @@ import datetime as dt
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,17 +37,26 @@ from typing import Any
 import numpy as np
 
 from ncood import __version__
-from ncood.analysis import analyse, history_rows, relation_rows, snapshot_checkpoints
-from ncood.config import RunConfig, check_run_config, regime_train_dict
+from ncood.analysis import (
+    analyse,
+    history_rows,
+    merge_selection_meta,
+    relation_rows,
+    select_hyperparameters,
+    snapshot_checkpoints,
+)
+from ncood.config import RunConfig, check_run_config, model_regime_options, regime_train_dict
+from ncood.data.datasets import Holdout
 from ncood.distributed import resolve_device
-from ncood.errors import ConfigError
-from ncood.extract import extract_checkpoint
-from ncood.io import RunLock, atomic_open, safe_name
+from ncood.errors import ConfigError, NcoodError
+from ncood.evaluation import extract_features
+from ncood.extract import cache_key, extract_checkpoint, extract_validation
+from ncood.io import RunLock, atomic_open, file_sha256, safe_name
 from ncood.metrics import CONVENTIONS
 from ncood.results import Results
 from ncood.train import TrainConfig, load_checkpoint, train
-from ncood.train.config import resume_conflicts
-from ncood.types import FeatureDir, FeatureSet
+from ncood.train.config import resume_conflicts, train_holdout
+from ncood.types import FeatureDir, FeatureSet, load_feature_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +111,52 @@ def train_dir(out: Path, regime: str, seed: int, *, several_seeds: bool) -> Path
     return (base / f"seed_{seed}" if several_seeds else base) / "train"
 
 
+@dataclasses.dataclass(frozen=True)
+class BroughtModel:
+    """A regime that is a model brought by the user: ``{checkpoint: PATH, model:
+    "torchvision:NAME" | "timm:NAME", ...}``. Not trained; its features come from the
+    streaming path of ``ncood extract --model`` (:func:`ncood.evaluation.extract_features`).
+
+    Attributes:
+        checkpoint: the weights file (a ``state_dict``, a dict holding one, an ncood
+            checkpoint, ``.safetensors``).
+        options: ``model`` and the given ones of ``num_classes``, ``input_size``,
+            ``mean``, ``std``, ``head``, ``features`` (:func:`ncood.config.model_regime_options`).
+    """
+
+    checkpoint: Path
+    options: dict[str, Any]
+
+    def __fspath__(self) -> str:  # recorded in run.json's networks like a checkpoint
+        return str(self.checkpoint)
+
+    __str__ = __fspath__
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`ncood.models.adapters.load_model` /
+        :func:`ncood.evaluation.extract_features` besides the model name."""
+        return {
+            "weights": self.checkpoint,
+            **{k: v for k, v in self.options.items() if k != "model"},
+        }
+
+
 def train_regime(
     cfg: RunConfig, regime: str, overrides: dict[str, Any], run_dir: Path, seed: int
-) -> Path:
-    """Train one regime (or reuse/resume its run); return the final checkpoint path."""
+) -> Path | BroughtModel:
+    """Train one regime (or reuse/resume its run); return the final checkpoint path.
+
+    ``{checkpoint: PATH}`` returns the path of that ncood checkpoint;
+    ``{checkpoint: PATH, model: ..., ...}`` a :class:`BroughtModel` (nothing trained).
+    """
     if "checkpoint" in overrides:
-        path = Path(overrides["checkpoint"])
-        if len(overrides) > 1:
-            raise ConfigError(
-                f"regimes.{regime}: with 'checkpoint' no other key is allowed; got "
-                f"{sorted(overrides)}"
-            )
+        try:
+            options = model_regime_options(overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"regimes.{regime}: {exc}") from None
+        path = Path(overrides["checkpoint"]).expanduser()
+        if options is not None:
+            return BroughtModel(path, options)  # loaded (and checked) by extract
         load_checkpoint(path)  # validates
         return path
     tc = TrainConfig.from_dict(
@@ -131,7 +183,23 @@ def extract(
     layers: list[str] | None,
     progress: bool = True,
 ) -> FeatureDir:
-    """Features of one network on the config's data (cached; NaN/inf raise)."""
+    """Features of one network on the config's data (cached; NaN/inf raise).
+
+    ``checkpoint`` is an ncood checkpoint, or a :class:`BroughtModel` (extracted by
+    :func:`extract_brought`).
+    """
+    if isinstance(checkpoint, BroughtModel):
+        return extract_brought(
+            cfg,
+            checkpoint,
+            cache,
+            seed,
+            train_samples=train_samples,
+            test_samples=test_samples,
+            ood_samples=ood_samples,
+            layers=layers,
+            progress=progress,
+        )
     fd = extract_checkpoint(
         checkpoint,
         id_dataset=cfg.data.id,
@@ -152,6 +220,121 @@ def extract(
     return fd
 
 
+def extract_brought(
+    cfg: RunConfig,
+    model: BroughtModel,
+    cache: Path,
+    seed: int,
+    *,
+    train_samples: int | None,
+    test_samples: int | None,
+    ood_samples: int | None,
+    layers: list[str] | None,
+    progress: bool = True,
+) -> FeatureDir:
+    """Features of a model brought by the user on the config's data, streamed batch by
+    batch (:func:`ncood.evaluation.extract_features`: the ``ncood extract --model`` path)
+    into ``cache/model-<key>/``, a features directory; the key hashes the weights file's
+    SHA-256, the model options, the data, the subsets and the layers, so a re-run with the
+    same inputs reads it back instead of extracting again."""
+    description = {
+        "weights_sha256": file_sha256(model.checkpoint),
+        "options": model.options,
+        "id": cfg.data.id,
+        "ood": list(cfg.data.ood),
+        "root": cfg.data.root,
+        "allow_subset": cfg.data.allow_subset,
+        "samples": [train_samples, test_samples, ood_samples],
+        "seed": seed,
+        "layers": layers,
+        "ncood_version": __version__,
+    }
+    out = Path(cache) / f"model-{cache_key(description)}"
+    fd = None
+    if (out / "extract.json").is_file():
+        try:
+            fd = load_feature_dir(out)
+            log.info("features of %s: cache hit (%s)", model.options["model"], out)
+        except NcoodError as exc:
+            log.warning("feature cache entry %s is damaged (%s); extracting again", out, exc)
+            shutil.rmtree(out, ignore_errors=True)
+    if fd is None:
+        fd = extract_features(
+            model.options["model"],
+            **model.model_kwargs(),
+            train=cfg.data.id,
+            test=cfg.data.id,
+            ood=list(cfg.data.ood),
+            out=out,
+            layers=layers,
+            max_train_samples=train_samples,
+            max_test_samples=test_samples,
+            max_ood_samples=ood_samples,
+            seed=seed,
+            device=cfg.device,
+            data_root=cfg.data.root,
+            allow_subset=cfg.data.allow_subset,
+            progress=progress,
+        )
+    for fs in [fd.train, fd.test, *fd.ood.values()]:
+        fs.check_finite()
+    return fd
+
+
+def explain_inputs(
+    cfg: RunConfig, checkpoint: Path | BroughtModel, seed: int, fd: FeatureDir
+) -> tuple[Any, dict[str, Any]]:
+    """``(model, options)`` of :func:`ncood.explain.explain_network` for one network.
+
+    An ncood checkpoint is passed as it is (the network is rebuilt from it). A model
+    brought by the user is loaded again (:func:`ncood.models.adapters.load_model`) and its
+    example images are taken, by index, from the streams its features came from, opened
+    again with the same subsets (``sources``).
+    """
+    if not isinstance(checkpoint, BroughtModel):
+        return checkpoint, {}
+    from ncood.data.streams import open_stream, parse_named_sets
+    from ncood.distributed import resolve_device
+    from ncood.models.adapters import load_model
+
+    opts = checkpoint.options
+    model = load_model(opts["model"], **checkpoint.model_kwargs())
+    model.to(resolve_device(cfg.device))
+    tf = model.transform
+    data = cfg.data
+    common = dict(transform=tf, root=data.root, seed=seed, allow_subset=data.allow_subset)
+    sources = {"id": open_stream(data.id, split="test", n=data.test_samples, **common)}
+    for name, spec in parse_named_sets(list(data.ood)).items():
+        if name in fd.ood:
+            sources[name] = open_stream(spec, split="test", n=data.ood_samples, name=name, **common)
+    return model, {"transform": tf, "sources": sources}
+
+
+def write_features(fd: FeatureDir, directory: Path) -> Path:
+    """Write ``fd`` as a plain features directory (what ``ncood score --features`` reads).
+
+    Arrays that are memory maps of cache files are hard-linked (copied across file
+    systems); the directory is built beside ``directory`` and swapped in whole, so a
+    reader never sees a half-written one.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        fd.save(stage, link=True)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        stage.rename(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return directory
+
+
 def analyse_regime(
     cfg: RunConfig,
     regime: str,
@@ -169,8 +352,9 @@ def analyse_regime(
     the final network (:func:`ncood.explain.explain_network`); ``explain_out`` receives
     their images and attributions, keys prefixed ``"<regime>/"``.
     """
-    ckpt = load_checkpoint(checkpoint)
-    final_epoch = int(ckpt.get("epoch", 0))
+    brought = isinstance(checkpoint, BroughtModel)  # a user's model: no history, no epoch
+    ckpt = {} if brought else load_checkpoint(checkpoint)
+    final_epoch = None if brought else int(ckpt.get("epoch", 0))
     col, boot = cfg.collapse, cfg.bootstrap
     bootstrap = {"n_boot": boot.n_boot, "seed": boot.seed} if boot.n_boot > 0 else None
     common = dict(
@@ -191,23 +375,75 @@ def analyse_regime(
             ood_samples=cfg.data.ood_samples,
             layers=col.layers,
         )
+    # hyperparameter selection (issue 13): on the held-out ID validation split and the
+    # validation OOD sets only; the winners replace the configured values at this head
+    selected, chosen = None, None
+    if cfg.selection is not None and brought:
+        text = (
+            "hyperparameter selection is not run for a brought model (its validation "
+            "features are not extracted): the configured hyperparameters are used"
+        )
+        log.warning("%s: %s", tag, text)
+        parts[0].meta["notes"] = [
+            {"regime": regime, "seed": seed, "epoch": final_epoch, "layer": "penultimate",
+             "detector": None, "note": text}
+        ]  # fmt: skip
+    elif cfg.selection is not None:
+        sel = cfg.selection
+        with timer(f"{tag}/selection"):
+            held = train_holdout(ckpt.get("config") or {})
+            unheld = held is None  # a checkpoint not trained by a run with selection on
+            held = held or Holdout(sel.id_val_samples, seed=seed)
+            val_id, val_ood = extract_validation(
+                checkpoint, holdout=held, ood=sel.ood_val, id_dataset=cfg.data.id,
+                cache_dir=cache, data_root=cfg.data.root, max_ood_samples=sel.ood_val_samples,
+                allow_subset=cfg.data.allow_subset, seed=seed, device=cfg.device,
+                progress=False,
+            )  # fmt: skip
+            for fs in [val_id, *val_ood.values()]:
+                fs.check_finite()
+            selected, chosen = select_hyperparameters(
+                fd, val_id, val_ood, detectors=cfg.detectors, selected=sel.detectors,
+                regime=regime, seed=seed, epoch=final_epoch,
+            )  # fmt: skip
+        if unheld:
+            text = (
+                f"the checkpoint records no held-out split, so the ID validation split "
+                f"({held.n} train images, seed {held.seed}) may include images it trained on "
+                "and is inside the detector-fit set; test sets are still not used"
+            )
+            log.warning("%s: %s", tag, text)
+            selected.meta["notes"] = [
+                {"regime": regime, "seed": seed, "epoch": final_epoch, "layer": "penultimate",
+                 "detector": None, "note": text}
+            ]  # fmt: skip
     with timer(f"{tag}/analyse"):
         parts.append(
-            analyse(fd, epoch=final_epoch, bootstrap=bootstrap, scores_out=scores_out, **common)
+            analyse(
+                fd,
+                epoch=final_epoch,
+                bootstrap=bootstrap,
+                scores_out=scores_out,
+                head_params=chosen,
+                **common,
+            )
         )
+    if selected is not None:
+        parts.append(selected)
     if cfg.explain and scores_out is not None:
         from ncood.explain import explain_network
 
         with timer(f"{tag}/explain"):
+            net, net_inputs = explain_inputs(cfg, checkpoint, seed, fd)
             explained, arrays = explain_network(
-                fd, checkpoint, detectors=cfg.detectors, scores=scores_out,
+                fd, net, **net_inputs, detectors=cfg.detectors, scores=scores_out,
                 data_root=cfg.data.root, allow_subset=cfg.data.allow_subset, device=cfg.device,
                 regime=regime, seed=seed, epoch=final_epoch,
             )  # fmt: skip
         parts.append(explained)
         if explain_out is not None:
             explain_out.update({f"{regime}/{k}": v for k, v in arrays.items()})
-    if col.across_training:
+    if col.across_training and not brought:  # a user's model has no snapshots
         snaps = snapshot_checkpoints(Path(checkpoint).parent)
         # OOD detection at every snapshot unless switched off (then NC only: no test split)
         det_opts = (
@@ -248,6 +484,8 @@ def analyse_regime(
                 )
     notes = [n for p in parts for n in p.meta.get("notes", [])]
     meta = {"detectors": parts[1].meta.get("detectors", {}), "notes": notes}
+    if selected is not None:
+        meta["selection"] = selected.meta["selection"]
     return Results.concat(parts, meta=meta), fd
 
 
@@ -258,7 +496,11 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
     Writes into the output directory: ``results.csv`` + ``run.json`` (the table and its
     metadata, :meth:`Results.save`), ``scores.npz`` (raw scores of the first seed's final
     networks, keys ``"<regime>/<detector>/<id|ood set>"``), the report, and per regime
-    ``regimes/<regime>/train/`` (``.../seed_<s>/train/`` with several seeds).
+    ``regimes/<regime>/train/`` and ``regimes/<regime>/features/`` (the final network's
+    features directory, hard-linked from the cache, which ``ncood score --features`` and
+    ``ncood collapse --features`` read; ``.../seed_<s>/...`` with several seeds). A regime
+    ``{checkpoint: PATH, model: "torchvision:NAME", ...}`` is a model brought by the user:
+    not trained, extracted as ``ncood extract --model`` does (:class:`BroughtModel`).
     """
     check_run_config(cfg, output=output)
     seeds = run_seeds(cfg)
@@ -293,6 +535,7 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
                     explain_out=explained,
                 )
                 parts.append(res)
+                write_features(fd, run_dir.parent / "features")  # for `ncood score --features`
                 all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
                 data_info = data_info or _data_info(fd)
                 networks.append(
@@ -318,6 +561,7 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
                 "detectors": parts[0].meta.get("detectors", {}) if parts else {},
                 "networks": networks,
                 "notes": [n for p in parts for n in p.meta.get("notes", [])],
+                **({"selection": merge_selection_meta(parts)} if cfg.selection else {}),
             },
         )
         # the relation of AUROC and collapse over every point (descriptive, issue 11)
@@ -346,7 +590,8 @@ def _relative(path: Path, out: Path) -> str:
 
 def _data_info(fd: FeatureDir) -> dict[str, Any]:
     def src(fs: FeatureSet) -> str:
-        return str(fs.meta.get("subset", {}).get("source", ""))
+        source = fs.meta.get("subset", {}).get("source")  # else: a streamed set's description
+        return str(source or (fs.meta.get("data") or {}).get("source", ""))
 
     return {
         "id": {
