@@ -76,7 +76,8 @@ def shown_detectors(
 
     Every one of ``candidates`` (default: every detector with AUROC rows) when there are at
     most :data:`MAX_ALL`; otherwise the ``top`` best by AUROC (mean over regimes, seeds
-    and OOD sets of the final networks' penultimate rows) plus NECO and ViM.
+    and OOD sets of the final networks' penultimate rows; detectors without such rows rank
+    last, in run order) plus NECO and ViM.
     """
     dets = list(candidates) if candidates is not None else T.detectors(res)
     if len(dets) <= MAX_ALL:
@@ -84,6 +85,7 @@ def shown_detectors(
     parts = [T.final(res, r, layer=PENULTIMATE, metric="auroc") for r in T.regimes(res)]
     df = pd.concat(parts) if parts else pd.DataFrame(columns=["detector", "value"])
     best = order_by_auroc(df[df["detector"].isin(dets)].groupby("detector")["value"].mean())
+    best += [d for d in dets if d not in best]  # no AUROC at the head: run order, last
     keep = set(best[:top]) | {d for d in ALWAYS if d in dets}
     return [d for d in dets if d in keep]
 
