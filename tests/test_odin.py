@@ -341,6 +341,40 @@ def test_selection_picks_the_best_validation_auroc(checkpoint):
     assert (sel["n_val_id"], sel["n_val_ood"]) == (30, 25)
 
 
+def test_selection_follows_validation_where_the_test_set_would_choose_otherwise(linear):
+    """ID logits have two high classes; the validation OOD set three (T = 1 wins there),
+    the test OOD set one (T = 1000 wins there). The choice must be validation's."""
+    _, _, _, _, tf = linear
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 5, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.eye(5, 48))  # the logits are the first 5 inputs
+    rng = np.random.default_rng(0)
+
+    def inputs(logits):  # (n, 5) logits -> (n, 3, 4, 4) model input
+        x = np.zeros((len(logits), 48))
+        x[:, :5] = logits + rng.normal(scale=0.1, size=logits.shape)
+        return Floats(x.reshape(-1, 3, 4, 4))
+
+    val_id = inputs(np.tile([4.0, 3.9, -10, -10, -10], (30, 1)))
+    test_id = inputs(np.tile([4.0, 3.9, -10, -10, -10], (30, 1)))
+    val_ood = inputs(np.tile([5.0, 5.0, 5.0, -20, -20], (30, 1)))
+    test_ood = inputs(np.tile([4.0, 0, 0, 0, 0], (30, 1)))
+    opts = dict(transform=tf, device="cpu", num_workers=0)
+    grid = {"temperature": [1, 1000], "epsilon": [0.0]}
+    res = odin_select(net, val_id, val_ood, grid, val_ood_name="val", **opts)
+    chosen = res.meta["selection"]["odin"]["chosen"]
+
+    def auroc(id_data, ood_data, t):
+        s_id = odin_scores(net, id_data, temperature=t, epsilon=0.0, **opts)
+        s_ood = odin_scores(net, ood_data, temperature=t, epsilon=0.0, **opts)
+        return roc_auc_score(np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))], np.r_[s_id, s_ood])
+
+    on_val = [auroc(val_id, val_ood, t) for t in (1, 1000)]
+    on_test = [auroc(test_id, test_ood, t) for t in (1, 1000)]
+    assert np.argmax(on_val) == 0 and np.argmax(on_test) == 1  # the case is what it says
+    assert chosen == {"epsilon": 0.0, "temperature": 1.0}
+
+
 def test_default_grid_is_openood():
     assert DEFAULT_GRID == {"temperature": [1, 10, 100, 1000], "epsilon": [0.0014, 0.0028]}
     assert (DEFAULT_TEMPERATURE, DEFAULT_EPSILON) == (1000, 0.0014)
