@@ -3,6 +3,9 @@ the detectors' own scores), and Integrated Gradients' completeness on a real mod
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
 import sys
 
 import numpy as np
@@ -612,11 +615,130 @@ def test_write_report_shows_the_section_with_the_saved_arrays(fd, res, tmp_path)
     paths = write_report(res, tmp_path)
     html = paths["html"].read_text()
     assert "Why the detectors behave as they do" in html
-    assert "explain_r_spectrum.png" in {p.name for p in (tmp_path / "figures").iterdir()}
-    assert "explain_r_examples_far.png" in {p.name for p in (tmp_path / "figures").iterdir()}
+    written = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert {"explain_r_spectrum.png", "explain_r_examples_far.jpg"} <= written
+    # image grids are embedded as JPEG, plots as PNG; the page stays self-contained
+    jpg = (tmp_path / "figures" / "explain_r_examples_far.jpg").read_bytes()
+    assert jpg[:3] == b"\xff\xd8\xff"
+    assert "data:image/jpeg;base64," + base64.b64encode(jpg).decode() in html
+    png = (tmp_path / "figures" / "explain_r_spectrum.png").read_bytes()
+    assert "data:image/png;base64," + base64.b64encode(png).decode() in html
     pf = res.select(metric="pred_fraction", ood="far").sort_values("value").iloc[-1]
     assert f"absorbs {100 * pf['value']:.1f}% of the samples" in html
     # a run without explanations: one note, no figure
     bare = Results(res.select(metric="pc_msq"))
     html = write_report(bare, tmp_path / "bare")["html"].read_text()
     assert "The explanations were not computed in this run" in html
+
+
+def test_write_report_logs_the_section_seconds(fd, res, tmp_path, caplog):
+    from ncood.report import write_report
+
+    with caplog.at_level(logging.INFO, logger="ncood.report.explain_figures"):
+        write_report(res, tmp_path)
+    msg = [r.getMessage() for r in caplog.records if "report section 'explain'" in r.message]
+    assert len(msg) == 1 and msg[0].endswith("kB") and " s, " in msg[0]
+
+
+# ----------------------------------------------------------------------- report size
+def _decoded(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int64)
+
+
+def _settled_png(fig) -> bytes:
+    """matplotlib's PNG of ``fig`` as every later draw gives it (a constrained layout
+    moves by a pixel or two between the first draw and the second)."""
+    from ncood.report import figures as F
+
+    F.png(fig)
+    return F.png(fig)
+
+
+def test_encode_plots_as_palette_png_close_to_the_rgb_original():
+    """Plots: a palette PNG close to matplotlib's own RGB PNG, pixel by pixel, and smaller
+    than it."""
+    from matplotlib.figure import Figure
+
+    from ncood.report import explain_figures as X
+    from ncood.report import figures as F
+
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        ax.plot(np.cumsum(rng.standard_normal(200)), color=F.PALETTE[k % len(F.PALETTE)])
+    ax.imshow(rng.standard_normal((20, 20)), cmap="RdBu_r", extent=(0, 60, -10, 10))
+    ref = _settled_png(fig)
+    data, ext = X.encode(fig)
+    assert ext == "png" and data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _decoded(data).shape == _decoded(ref).shape
+    err = np.abs(_decoded(data) - _decoded(ref))
+    # a 400-colour heatmap beside 8 lines: worst pixel 19/255 (the default run's plots:
+    # 15/255), 1.7 grey levels on average here (the heatmap fills most of the plot)
+    assert err.max() <= 24 and err.mean() < 3
+    assert len(data) < len(ref)
+
+
+def test_encode_photos_as_jpeg_grey_when_grey():
+    from PIL import Image
+
+    from ncood.report import explain_figures as X
+
+    res = Results(
+        [
+            {"metric": "example_score", "value": float(v), "regime": "r", "detector": d,
+             "ood": "o", "i": i, "j": 5 * k + i, "layer": PENULTIMATE}
+            for k, d in enumerate(("msp", "energy")) for i, v in enumerate((3.0, 2.0, 1.0))
+        ]
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    index = np.arange(10)
+    grey = rng.integers(0, 256, (10, 1, 28, 28), dtype=np.uint8)  # noise: PNG's worst case
+    fig = X.example_grid(res, "r", {"r/o/images": grey, "r/o/index": index}, "o")
+    ref = _settled_png(fig)
+    data, ext = X.encode(fig, photo=True)
+    assert ext == "jpg" and Image.open(io.BytesIO(data)).mode == "L"
+    assert len(data) < len(ref) / 2
+    # real thumbnails stay what they were: a few grey levels from the PNG on average
+    from ncood.data import load_images
+
+    real = load_images("fashion_mnist", "test", n=10, seed=0, download=False).images.numpy()
+    fig = X.example_grid(res, "r", {"r/o/images": real, "r/o/index": index}, "o")
+    ref = _settled_png(fig)
+    data, _ = X.encode(fig, photo=True)
+    assert np.abs(_decoded(data) - _decoded(ref)).mean() < 3
+    colour = rng.integers(0, 256, (10, 3, 28, 28), dtype=np.uint8)
+    fig = X.example_grid(res, "r", {"r/o/images": colour, "r/o/index": index}, "o")
+    data, _ = X.encode(fig, photo=True)
+    assert Image.open(io.BytesIO(data)).mode == "RGB"
+
+
+def test_example_grid_places_each_ranked_image_under_its_score():
+    """The mosaic: tile (detector row, rank column) shows the image of that example row."""
+    from ncood.report import explain_figures as X
+
+    res = Results(
+        [
+            {"metric": "example_score", "value": 10.0 - i, "regime": "r", "detector": d,
+             "ood": "o", "i": i, "j": j, "layer": PENULTIMATE}
+            for d, js in (("msp", (4, 1, 7)), ("neco", (2, 4))) for i, j in enumerate(js)
+        ]
+    )  # fmt: skip
+    index = np.array([1, 2, 4, 7])
+    images = np.stack([np.full((1, 8, 8), 50 * k, np.uint8) for k in range(1, 5)])
+    fig = X.example_grid(res, "r", {"r/o/images": images, "r/o/index": index}, "o")
+    canvas = fig.axes[0].get_images()[0].get_array()
+    h = w = 8
+    gap, band = max(1, w // 14), max(4, (h * 2) // 5)
+    for r, js in enumerate(((4, 1, 7), (2, 4))):
+        for c in range(3):
+            tile = canvas[r * (band + h + gap) + band :][:h, c * (w + gap) :][:, :w]
+            if c < len(js):
+                want = 50 * (int(np.flatnonzero(index == js[c])[0]) + 1) / 255
+                np.testing.assert_allclose(tile, want)
+            else:
+                np.testing.assert_allclose(tile, 1.0)  # blank (white) where no example
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == ["10", "9", "8", "10", "9"]

@@ -50,19 +50,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.linalg import eigh
 from scipy.special import logsumexp
 
 from ncood.collapse import ClassStats
 from ncood.collapse.stats import chunk_rows, iter_chunks, read_chunk
 from ncood.data import InputSpec, load_images, to_model_input
+from ncood.data.streams import as_transform
 from ncood.detectors import create_detector
 from ncood.distributed import resolve_device
 from ncood.errors import ConfigError, ShapeError
+from ncood.models.adapters import wrap_model
 from ncood.results import PENULTIMATE, Results, row
 from ncood.train import model_from_checkpoint
 from ncood.types import FeatureDir, FeatureSet, LinearHead
@@ -602,7 +606,6 @@ def energy_score_fn(model, *, T: float = 1.0) -> Callable:
     Uses only ``model.forward_features`` and ``model.forward_head`` (Liu et al., NeurIPS
     2020, arXiv 2010.03759).
     """
-    import torch
 
     def fn(x):
         f = model.forward_head(model.forward_features(x))  # (n, C)
@@ -618,8 +621,6 @@ def neco_score_fn(model, neco) -> Callable:
     are applied to ``model.forward_features(x)`` in the features' dtype (times the max
     logit when it was built with ``use_maxlogit``). Differentiable wherever ``s != 0``.
     """
-    import torch
-
     if not hasattr(neco, "components_"):
         raise ConfigError("neco_score_fn needs a fitted NECO detector; call fit first")
 
@@ -669,8 +670,6 @@ def integrated_gradients(
     Raises:
         ConfigError: captum is not installed.
     """
-    import torch
-
     ig_cls = _import_captum()
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ShapeError(
@@ -743,8 +742,132 @@ def example_images(
     return arrays.images[list(map(int, indices))]
 
 
-#: The scores attributed: ``{name: builder(model, neco) -> score_fn}`` (detector names).
+#: The scores attributed (detector names).
 ATTRIBUTED = ("energy", "neco")
+#: Largest relative feature difference ``||z - z_stored|| / ||z_stored||`` at which a
+#: re-read example image counts as the one extracted: a different image differs by O(1),
+#: bf16 extraction against a float32 forward pass by < 1%.
+REREAD_TOLERANCE = 0.05
+
+
+def stream_rows(stream: Any, indices: Sequence[int]) -> torch.Tensor:
+    """Rows ``indices`` (positions in iteration order) of an image stream, read in one pass.
+
+    The stream (an :class:`ncood.data.streams.ImageStream` or any iterable of ``(x, y)``
+    batches) is iterated up to its last wanted row; only the wanted rows are kept, so no
+    split is ever held in memory.
+
+    Returns:
+        The rows ``(len(set(indices)), C, H, W)`` in ascending index order, as the stream
+        yields them (``uint8`` images, or float model input for a user's own transforms).
+
+    Raises:
+        ShapeError: the stream ended before the last wanted row.
+    """
+    want = sorted({int(j) for j in indices})
+    got: dict[int, torch.Tensor] = {}
+    pos = 0
+    if want:
+        for x, _ in stream:
+            n = len(x)
+            for j in want:
+                if pos <= j < pos + n:
+                    got[j] = x[j - pos].clone()
+            pos += n
+            if pos > want[-1]:
+                break
+    if len(got) < len(want):
+        name = getattr(stream, "name", type(stream).__name__)
+        raise ShapeError(
+            f"{name!r} yielded {pos} images but the examples need row {want[-1]}; the data "
+            "changed since extraction: re-run the extraction"
+        )
+    return torch.stack([got[j] for j in want]) if want else torch.empty(0)
+
+
+def _display_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images as they are; float model input min-max scaled per image to uint8
+    (for display only: a user's own transforms are not inverted)."""
+    if x.dtype == torch.uint8:
+        return x.cpu()
+    v = x.detach().float().cpu()
+    lo = v.amin(dim=(1, 2, 3), keepdim=True)
+    hi = v.amax(dim=(1, 2, 3), keepdim=True)
+    return ((v - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8)
+
+
+class _Examples:
+    """The example images of one split: display ``uint8`` images and model input."""
+
+    def __init__(self, index: list[int], display: torch.Tensor, inputs: Callable) -> None:
+        self.index, self.display, self._inputs = index, display, inputs
+        self.row = {j: k for k, j in enumerate(index)}
+
+    def inputs(self, idx: Sequence[int], device) -> torch.Tensor:
+        return self._inputs([self.row[j] for j in idx]).to(device)
+
+
+def _gather_examples(
+    fd: FeatureDir,
+    split: str,
+    idx: list[int],
+    *,
+    sources: Mapping[str, Any] | None,
+    transform: Callable | None,
+    shape: tuple[int, int, int] | None,
+    root,
+    allow_subset: bool,
+) -> _Examples:
+    """Images of rows ``idx`` of a split: from ``sources[split]`` (a stream) when given,
+    else re-read from the registered data set named in the feature set's meta."""
+    fs = fd.test if split == "id" else fd.ood[split]
+    if sources is not None and split in sources:
+        stream = sources[split]
+        raw = stream_rows(stream, idx)  # (m, C, H, W)
+        if raw.dtype == torch.uint8:
+            tf = getattr(stream, "transform", None) or transform
+            if tf is None:
+                raise ConfigError(
+                    f"{getattr(stream, 'name', split)!r} yields uint8 images but no transform "
+                    "was given; pass transform=eval_transform(model) (or an InputSpec)"
+                )
+
+            def inputs(rows, _raw=raw, _tf=tf):
+                return _tf(_raw[rows])
+
+        else:
+
+            def inputs(rows, _raw=raw):
+                return _raw[rows].float()
+
+        return _Examples(idx, _display_uint8(raw), inputs)
+    if transform is None or shape is None:
+        raise ConfigError(
+            f"the example images of {split!r} can only be re-read from a registered data set "
+            "with the model's transform and input shape; pass sources={split: stream} or "
+            "transform= and shape="
+        )
+    if "dataset" not in (fs.meta or {}):
+        raise ConfigError(
+            f"the feature set {fs.name!r} does not name the data set it was extracted from; "
+            f"pass sources={{{split!r}: stream}} (ncood.data.streams.open_stream)"
+        )
+    ims = example_images(fs, idx, shape, root=root, allow_subset=allow_subset)
+
+    def reread(rows, _ims=ims, _tf=transform):
+        return _tf(_ims[rows])
+
+    return _Examples(idx, ims, reread)
+
+
+def _same_features(model, fs: FeatureSet, ex: _Examples, device) -> float:
+    """Largest relative difference between the stored features of the example rows and
+    the model's features of the images gathered for them."""
+    with torch.no_grad():
+        z = model.forward_features(ex.inputs(ex.index, device)).double().cpu().numpy()
+    ref = _f64(fs.features[np.asarray(ex.index)])  # (m, D)
+    err = np.linalg.norm(z - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+    return float(err.max()) if err.size else 0.0
 
 
 def explain_attributions(
@@ -753,15 +876,24 @@ def explain_attributions(
     examples: Results,
     *,
     neco,
-    transform: Callable,
-    shape: tuple[int, int, int],
+    transform: Callable | None = None,
+    shape: tuple[int, int, int] | None = None,
+    sources: Mapping[str, Any] | None = None,
     root=None,
     allow_subset: bool = False,
     ig_k: int = IG_TOP_K,
     n_steps: int = IG_STEPS,
+    notes: list[dict[str, Any]] | None = None,
     **keys: Any,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Images of the example rows and Integrated Gradients of the energy and NECO scores.
+
+    The images come from ``sources`` (streams of the splits, read once up to the last
+    example: :func:`stream_rows`) or are re-read from the registered data sets the feature
+    sets name (:func:`example_images`). Either way they are checked against the stored
+    features: a split whose re-read images give other features (by more than
+    :data:`REREAD_TOLERANCE`; e.g. a shuffling DataLoader) gets no images and no
+    attributions, with a warning and a note.
 
     Args:
         model: the network, with ``forward_features`` / ``forward_head`` (in eval mode).
@@ -769,11 +901,15 @@ def explain_attributions(
         examples: ``example_score`` rows (:func:`example_rows`).
         neco: the fitted NECO detector (``None``: no NECO attributions).
         transform: ``uint8 (n, C, H, W) -> model input`` (e.g. ``to_model_input`` with the
-            checkpoint's ``InputSpec``).
-        shape: the model's input ``(C, H, W)`` (how the images are re-read).
-        root, allow_subset: where the data is, as for the extraction.
+            checkpoint's ``InputSpec``, or an ``EvalTransform``); for streams of ``uint8``
+            images without a transform of their own, and for re-reading.
+        shape: the model's input ``(C, H, W)`` (how images are re-read).
+        sources: ``{"id": stream, "<ood set>": stream}`` (:class:`ImageStream` s, in the
+            order they were extracted); splits not in it are re-read.
+        root, allow_subset: where the data is, as for the extraction (re-reading).
         ig_k: attributions for the ``ig_k`` top examples per detector and split.
         n_steps: quadrature points of Integrated Gradients.
+        notes: receives ``{"regime", ..., "note"}`` dicts for splits left out.
         **keys: regime, seed, epoch of the rows.
 
     Returns:
@@ -785,32 +921,43 @@ def explain_attributions(
         ``"ig/<detector>/<split>"`` ``float32 (m', H, W)`` channel-summed attributions
         with ``"ig/<detector>/<split>/index"``.
     """
-    import torch
-
     df = examples.select(metric="example_score")
-    splits = {"id": fd.test, **fd.ood}
-    arrays: dict[str, np.ndarray] = {}
-    images: dict[str, dict[int, Any]] = {}
-    for split, fs in splits.items():
-        sel = df[df["ood"].isna()] if split == "id" else df[df["ood"] == split]
-        idx = sorted(set(sel["j"].astype(int).tolist()))
-        if not idx:
-            continue
-        ims = example_images(fs, idx, shape, root=root, allow_subset=allow_subset)
-        arrays[f"{split}/images"] = ims.numpy()
-        arrays[f"{split}/index"] = np.asarray(idx, dtype=np.int64)
-        images[split] = dict(zip(idx, ims, strict=True))
     try:
         device = next(model.parameters()).device
     except (StopIteration, AttributeError):
         device = torch.device("cpu")
+    arrays: dict[str, np.ndarray] = {}
+    gathered: dict[str, _Examples] = {}
+    for split, fs in {"id": fd.test, **fd.ood}.items():
+        sel = df[df["ood"].isna()] if split == "id" else df[df["ood"] == split]
+        idx = sorted(set(sel["j"].astype(int).tolist()))
+        if not idx:
+            continue
+        ex = _gather_examples(
+            fd, split, idx, sources=sources, transform=transform, shape=shape, root=root,
+            allow_subset=allow_subset,
+        )  # fmt: skip
+        err = _same_features(model, fs, ex, device)
+        if err > REREAD_TOLERANCE:
+            text = (
+                f"example images of {split!r} left out: re-read, they give features "
+                f"{100 * err:.0f}% away from the extracted ones (the source changed or is "
+                "not in a fixed order, e.g. a shuffling DataLoader)"
+            )
+            log.warning("%s: %s", keys.get("regime"), text)
+            if notes is not None:
+                notes.append({**keys, "layer": PENULTIMATE, "detector": None, "note": text})
+            continue
+        gathered[split] = ex
+        arrays[f"{split}/images"] = ex.display.numpy()
+        arrays[f"{split}/index"] = np.asarray(idx, dtype=np.int64)
     params = list(model.parameters()) if hasattr(model, "parameters") else None
     fns = {"energy": energy_score_fn(model)}
     if neco is not None:
         fns["neco"] = neco_score_fn(model, neco)
     rows: list[dict[str, Any]] = []
     for det, fn in fns.items():
-        for split, by_index in images.items():
+        for split, ex in gathered.items():
             sel = df[
                 (df["detector"] == det)
                 & (df["ood"].isna() if split == "id" else df["ood"] == split)
@@ -818,7 +965,7 @@ def explain_attributions(
             idx = sel.sort_values("i")["j"].astype(int).tolist()[:ig_k]
             if not idx:
                 continue
-            x = transform(torch.stack([by_index[j] for j in idx])).to(device)
+            x = ex.inputs(idx, device)
             with torch.no_grad():
                 gap = (fn(x) - fn(torch.zeros_like(x))).double().cpu().numpy()
             attr, delta = integrated_gradients(fn, x, n_steps=n_steps, params=params)
@@ -850,8 +997,10 @@ def captum_available() -> bool:
 
 def explain_network(
     fd: FeatureDir,
-    checkpoint,
+    model,
     *,
+    transform: Any = None,
+    sources: Mapping[str, Any] | None = None,
     detectors: Mapping[str, Mapping[str, Any] | None] | None = None,
     scores: Mapping[str, np.ndarray] | None = None,
     data_root=None,
@@ -862,19 +1011,40 @@ def explain_network(
     seed: int | None = None,
     epoch: int | None = None,
 ) -> tuple[Results, dict[str, np.ndarray]]:
-    """The explanation rows of one trained network and the arrays its report section shows.
+    """The explanation rows of one network and the arrays its report section shows.
 
-    :func:`explain_features` on ``fd``, then (with ``attributions`` and captum installed)
-    the example images and Integrated Gradients of the network rebuilt from
-    ``checkpoint`` (:func:`explain_attributions`, images re-read as extracted, the
-    checkpoint's input normalisation). Without captum the attributions are left out with
-    a warning and a note in ``Results.meta["notes"]`` (the feature analyses still run).
+    :func:`explain_features` on ``fd``, then (with ``attributions``, ``scores`` and captum
+    installed) the example images and Integrated Gradients of the network
+    (:func:`explain_attributions`). Without captum the attributions are left out with a
+    warning and a note in ``Results.meta["notes"]`` (the feature analyses still run).
+
+    Args:
+        fd: the network's features.
+        model: an ncood checkpoint (path or dict; the network is rebuilt on ``device``
+            and images are re-read as extracted, with the checkpoint's input
+            normalisation), or the network itself: an ``nn.Module`` with
+            ``forward_features`` / ``forward_head`` (an ncood model or a
+            :class:`~ncood.models.adapters.ModelAdapter`; any other module is wrapped
+            by :func:`~ncood.models.adapters.wrap_model`), used where it is, in eval
+            mode during the call.
+        transform: for a model: its :class:`~ncood.data.streams.EvalTransform` (or
+            ``InputSpec``), used to re-read registered data sets and for ``uint8``
+            streams without a transform.
+        sources: ``{"id": stream, "<ood set>": stream}``: the streams the splits were
+            extracted from (:func:`ncood.data.streams.open_stream`); the example rows are
+            taken from them by index (:func:`stream_rows`). ``None``: re-read from the
+            registered data sets the feature sets name.
+        detectors: the run's ``{name: hyperparameters}`` (NECO's and ViM's cuts).
+        scores: raw scores ``{"<detector>/<split>": (n,)}`` (example rows; ``None``: no
+            examples and no attributions).
+        data_root, allow_subset: where registered data is found (re-reading).
+        device: where a checkpoint's network is rebuilt.
+        attributions: compute the example images and Integrated Gradients.
+        regime, seed, epoch: identify the network in the rows.
 
     Returns:
         ``(results, arrays)``; ``arrays`` as :func:`explain_attributions` describes.
     """
-    import torch
-
     epoch = fd.meta.get("epoch") if epoch is None else epoch
     keys = {"regime": regime, "seed": seed, "epoch": None if epoch is None else int(epoch)}
     res = explain_features(fd, detectors=detectors, scores=scores, **keys)
@@ -886,25 +1056,36 @@ def explain_network(
             log.warning("%s: %s", regime, text)
             notes.append({**keys, "layer": PENULTIMATE, "detector": None, "note": text})
         else:
-            model, ckpt = model_from_checkpoint(checkpoint, device=resolve_device(device))
-            model.eval()
-            spec = InputSpec.from_dict(ckpt["input_spec"])
-            dev = next(model.parameters()).device
             neco, _ = fit_subspace(fd, dict(detectors or {}))
-            rows, arrays = explain_attributions(
-                model,
-                fd,
-                res,
-                neco=neco,
-                transform=lambda im: to_model_input(im.to(dev), spec),
-                shape=(spec.channels, spec.size, spec.size),
-                root=data_root,
-                allow_subset=allow_subset,
-                **keys,
-            )
+            opts = dict(
+                neco=neco, sources=sources, root=data_root, allow_subset=allow_subset,
+                notes=notes, **keys,
+            )  # fmt: skip
+            if isinstance(model, (str, os.PathLike, dict)):
+                net, ckpt = model_from_checkpoint(model, device=resolve_device(device))
+                net.eval()
+                spec = InputSpec.from_dict(ckpt["input_spec"])
+                dev = next(net.parameters()).device
+                rows, arrays = explain_attributions(
+                    net, fd, res,
+                    transform=lambda im: to_model_input(im.to(dev), spec),
+                    shape=(spec.channels, spec.size, spec.size), **opts,
+                )  # fmt: skip
+                del net
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            else:
+                net = wrap_model(model)
+                tf = as_transform(transform)
+                shape = None if tf is None else (tf.channels, tf.size, tf.size)
+                was_training = net.training
+                net.eval()
+                try:
+                    rows, arrays = explain_attributions(
+                        net, fd, res, transform=tf, shape=shape, **opts
+                    )
+                finally:
+                    net.train(was_training)
             res.extend(rows)
-            del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
     res.meta["notes"] = notes
     return res, arrays
