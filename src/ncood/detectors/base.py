@@ -43,6 +43,7 @@ from ncood.validation import check_width
 
 __all__ = [
     "DETECTORS",
+    "SCORE_CHUNK_VALUES",
     "Detector",
     "check_2d",
     "chunk_rows",

@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from ncood.detectors.base import (
+    SCORE_CHUNK_VALUES,
     Detector,
     class_sums,
     iter_chunks,
@@ -154,9 +155,10 @@ class FDBD(Detector):
                 f"fDBD needs at least 2 classes (decision boundaries); the head has C={c}"
             )
         dist = np.empty((c, c), dtype=np.float64)
-        rows = max(1, (1 << 22) // (c * d))  # (rows, C, D) differences at a time
+        rows = max(1, SCORE_CHUNK_VALUES // (c * d))  # (rows, C, D) differences at a time
         for a, b in iter_chunks(c, rows):
-            dist[a:b] = np.linalg.norm(w[a:b, None, :] - w[None, :, :], axis=2)
+            diff = w[a:b, None, :] - w[None, :, :]  # (rows, C, D), direct: no cancellation
+            dist[a:b] = np.sqrt(np.einsum("rcd,rcd->rc", diff, diff))
         np.fill_diagonal(dist, np.inf)  # 1/inf = 0: the predicted class adds nothing
         if (dist == 0).any():
             i, j = map(int, np.argwhere(dist == 0)[0])

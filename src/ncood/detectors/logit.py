@@ -303,10 +303,11 @@ class GEN(_LogitDetector):
         p, q = _softmax_and_complement(f)  # (b, C) each
         c = f.shape[1]
         m = min(self.M, c)
-        top = np.argpartition(p, c - m, axis=1)[:, c - m :]  # (b, M) largest p
-        p_top = np.take_along_axis(p, top, axis=1)
-        q_top = np.take_along_axis(q, top, axis=1)
-        return -np.sum(p_top**self.gamma * q_top**self.gamma, axis=1)
+        pq = p * q  # p^g (1-p)^g = (p (1-p))^g: one power instead of two
+        if m < c:  # the M largest p only (with M >= C every class counts: no selection)
+            top = np.argpartition(p, c - m, axis=1)[:, c - m :]  # (b, M)
+            pq = np.take_along_axis(pq, top, axis=1)
+        return -np.sum(pq**self.gamma, axis=1)
 
 
 @register_detector("entropy")
