@@ -152,6 +152,15 @@ def test_the_models_own_mode_is_restored(linear):
     net.eval()
 
 
+def test_runs_under_a_callers_no_grad(linear):
+    net, _, _, x, tf = linear
+    opts = dict(temperature=10.0, epsilon=0.01, transform=tf, device="cpu", num_workers=0)
+    want = odin_scores(net, Floats(x), **opts)
+    with torch.no_grad():
+        got = odin_scores(net, Floats(x), **opts)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_input_std_overrides_the_transform(linear):
     net, w, b, x, tf = linear
     opts = dict(temperature=10.0, epsilon=0.01, transform=tf, device="cpu", num_workers=0)

@@ -250,19 +250,19 @@ def odin_batch(
     x = x.detach().float()
     scale = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)  # (1, C, 1, 1)
     xg = x.clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model.forward_head(model.forward_features(xg)).float()  # (b, C)
-    yhat = logits.detach().argmax(dim=1)  # (b,)
     # temperatures that need a gradient (eps = 0 scores the clean logits)
     temps = list(dict.fromkeys(t for t, e in configs if e > 0))
     steps: dict[float, torch.Tensor] = {}
-    for i, t in enumerate(temps):
-        # cross-entropy = -log S_yhat(x; T), summed: the sign of a per-sample gradient
-        # does not depend on the batch mean's 1/b (which could only underflow)
-        loss = F.cross_entropy(logits / t, yhat, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, xg, retain_graph=i < len(temps) - 1)
-        sign = torch.where(grad >= 0, 1.0, -1.0).to(x.dtype)  # the reference's sign
-        steps[t] = sign / scale  # (b, C, H, W): eps in [0, 1] pixel units
+    with torch.enable_grad():  # also under a caller's torch.no_grad()
+        logits = model.forward_head(model.forward_features(xg)).float()  # (b, C)
+        yhat = logits.detach().argmax(dim=1)  # (b,)
+        for i, t in enumerate(temps):
+            # cross-entropy = -log S_yhat(x; T), summed: the sign of a per-sample gradient
+            # does not depend on the batch mean's 1/b (which could only underflow)
+            loss = F.cross_entropy(logits / t, yhat, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xg, retain_graph=i < len(temps) - 1)
+            sign = torch.where(grad >= 0, 1.0, -1.0).to(x.dtype)  # the reference's sign
+            steps[t] = sign / scale  # (b, C, H, W): eps in [0, 1] pixel units
     out = []
     with torch.no_grad():
         for t, e in configs:
