@@ -458,8 +458,9 @@ def test_attributions_of_the_examples_end_to_end(real):
         x = tf(digit_images.images[[top]])
         with torch.no_grad():
             gap = float(fn(x) - fn(torch.zeros_like(x)))
+        # float32 network, examples and baselines in one batch there: rel 1e-4
         assert got.value(metric="ig_score_gap", detector=det, ood="digits") == pytest.approx(
-            gap, rel=1e-5
+            gap, rel=1e-4
         )
         err = got.value(metric="ig_completeness_error", detector=det, ood="digits")
         assert err == pytest.approx(

@@ -860,14 +860,27 @@ def _gather_examples(
     return _Examples(idx, ims, reread)
 
 
-def _same_features(model, fs: FeatureSet, ex: _Examples, device) -> float:
-    """Largest relative difference between the stored features of the example rows and
-    the model's features of the images gathered for them."""
+def _feature_errors(model, fd: FeatureDir, gathered: Mapping[str, _Examples], device):
+    """Per split, the largest relative difference between the stored features of the
+    example rows and the model's features of the images gathered for them (one batched
+    forward pass for every split: each call of a small network on CPU costs more in
+    overhead than in arithmetic)."""
+    splits = list(gathered)
+    if not splits:
+        return {}
+    x = torch.cat([gathered[s].inputs(gathered[s].index, device) for s in splits])
     with torch.no_grad():
-        z = model.forward_features(ex.inputs(ex.index, device)).double().cpu().numpy()
-    ref = _f64(fs.features[np.asarray(ex.index)])  # (m, D)
-    err = np.linalg.norm(z - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
-    return float(err.max()) if err.size else 0.0
+        z = model.forward_features(x).double().cpu().numpy()  # (m, D)
+    out, start = {}, 0
+    for s in splits:
+        ex = gathered[s]
+        fs = fd.test if s == "id" else fd.ood[s]
+        ref = _f64(fs.features[np.asarray(ex.index)])  # (m_s, D)
+        zs = z[start : start + len(ex.index)]
+        start += len(ex.index)
+        err = np.linalg.norm(zs - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+        out[s] = float(err.max())
+    return out
 
 
 def explain_attributions(
@@ -928,16 +941,15 @@ def explain_attributions(
         device = torch.device("cpu")
     arrays: dict[str, np.ndarray] = {}
     gathered: dict[str, _Examples] = {}
-    for split, fs in {"id": fd.test, **fd.ood}.items():
+    for split in ["id", *fd.ood]:
         sel = df[df["ood"].isna()] if split == "id" else df[df["ood"] == split]
         idx = sorted(set(sel["j"].astype(int).tolist()))
-        if not idx:
-            continue
-        ex = _gather_examples(
-            fd, split, idx, sources=sources, transform=transform, shape=shape, root=root,
-            allow_subset=allow_subset,
-        )  # fmt: skip
-        err = _same_features(model, fs, ex, device)
+        if idx:
+            gathered[split] = _gather_examples(
+                fd, split, idx, sources=sources, transform=transform, shape=shape, root=root,
+                allow_subset=allow_subset,
+            )  # fmt: skip
+    for split, err in _feature_errors(model, fd, gathered, device).items():
         if err > REREAD_TOLERANCE:
             text = (
                 f"example images of {split!r} left out: re-read, they give features "
@@ -947,40 +959,50 @@ def explain_attributions(
             log.warning("%s: %s", keys.get("regime"), text)
             if notes is not None:
                 notes.append({**keys, "layer": PENULTIMATE, "detector": None, "note": text})
+            del gathered[split]
             continue
-        gathered[split] = ex
+        ex = gathered[split]
         arrays[f"{split}/images"] = ex.display.numpy()
-        arrays[f"{split}/index"] = np.asarray(idx, dtype=np.int64)
+        arrays[f"{split}/index"] = np.asarray(ex.index, dtype=np.int64)
     params = list(model.parameters()) if hasattr(model, "parameters") else None
     fns = {"energy": energy_score_fn(model)}
     if neco is not None:
         fns["neco"] = neco_score_fn(model, neco)
     rows: list[dict[str, Any]] = []
     for det, fn in fns.items():
-        for split, ex in gathered.items():
+        # every split's top examples in one Integrated Gradients call (per-call overhead)
+        parts: list[tuple[str, list[int]]] = []
+        for split in gathered:
             sel = df[
                 (df["detector"] == det)
                 & (df["ood"].isna() if split == "id" else df["ood"] == split)
             ]
             idx = sel.sort_values("i")["j"].astype(int).tolist()[:ig_k]
-            if not idx:
-                continue
-            x = ex.inputs(idx, device)
-            with torch.no_grad():
-                gap = (fn(x) - fn(torch.zeros_like(x))).double().cpu().numpy()
-            attr, delta = integrated_gradients(fn, x, n_steps=n_steps, params=params)
-            arrays[f"ig/{det}/{split}"] = attr.sum(dim=1).float().cpu().numpy()
+            if idx:
+                parts.append((split, idx))
+        if not parts:
+            continue
+        x = torch.cat([gathered[split].inputs(idx, device) for split, idx in parts])
+        with torch.no_grad():
+            both = fn(torch.cat([x, torch.zeros_like(x)])).double().cpu().numpy()
+        gap = both[: len(x)] - both[len(x) :]  # score(x) - score(baseline), (m,)
+        attr, delta = integrated_gradients(fn, x, n_steps=n_steps, params=params)
+        maps = attr.sum(dim=1).float().cpu().numpy()  # (m, H, W)
+        err = np.abs(delta.double().cpu().numpy()) / np.maximum(np.abs(gap), 1e-12)
+        start = 0
+        for split, idx in parts:
+            sl = slice(start, start + len(idx))
+            start += len(idx)
+            arrays[f"ig/{det}/{split}"] = maps[sl]
             arrays[f"ig/{det}/{split}/index"] = np.asarray(idx, dtype=np.int64)
-            err = np.abs(delta.double().cpu().numpy()) / np.maximum(np.abs(gap), 1e-12)
-            oname = None if split == "id" else split
             kk = {
                 **keys,
                 "layer": PENULTIMATE,
                 "detector": det,
-                "ood": oname,
+                "ood": None if split == "id" else split,
                 "params": {"n_steps": n_steps, "baseline": "zeros"},
             }
-            for j, g, e in zip(idx, gap, err, strict=True):
+            for j, g, e in zip(idx, gap[sl], err[sl], strict=True):
                 rows.append(row("ig_score_gap", g, j=j, **kk))
                 rows.append(row("ig_completeness_error", e, j=j, **kk))
     return rows, arrays
