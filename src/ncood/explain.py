@@ -44,6 +44,11 @@ chunks, so memory-mapped caches are never loaded whole. Analyses, per network:
   of the input through the model's ``forward_features``/``forward_head`` only, so any
   model with that interface (ncood's, or one wrapped by
   :class:`ncood.models.adapters.ModelAdapter`) works.
+
+:func:`explain_network` runs all of it on one network: from its checkpoint (``ncood
+run``), or from the model itself with the streams its features came from (``ncood.evaluate(
+..., explain=True)``), whose example rows are read by index in one pass
+(:func:`stream_rows`).
 """
 
 from __future__ import annotations

@@ -513,7 +513,8 @@ def ig_figure(res: Results, regime: str, arrays: Mapping[str, np.ndarray]) -> Fi
         tiles.append(row_t)
         texts.append(row_s)
     labels = [ID_LABEL if s == "id" else s for s in splits]
-    title = f"Integrated Gradients of the energy and NECO scores ({regime})"
+    names = " and ".join({"energy": "energy", "neco": "NECO"}[d] for d in dets)
+    title = f"Integrated Gradients of the {names} score{'s' if len(dets) > 1 else ''} ({regime})"
     return _mosaic_figure(tiles, texts, labels, title)
 
 
@@ -671,7 +672,8 @@ CAPTIONS = {
     "behaves on OOD as on ID data).",
     "examples": "{} ({}); rows are detectors, the number above each image its score (higher = "
     "more in-distribution).",
-    "ig": "Integrated Gradients ({}) of the energy and NECO scores for their top examples, "
+    "ig": "Integrated Gradients ({}) of the energy score (and of NECO's, when NECO was run) "
+    "for their top examples, "
     "baseline the zero input (the normalisation's mean image): each image, then its "
     "attribution (red raises the score, i.e. looks more in-distribution; blue lowers it).",
 }
