@@ -506,13 +506,17 @@ def cifar_scale(args) -> None:
     )
     if naive_cpu:
         both = [n for n in naive_cpu if not n.startswith("knn")]
+        knn_note = (
+            f"; naive knn = sklearn brute force on {min(NAIVE_ROWS['knn'], n_test + n_ood):,} "
+            f"of {n_test + n_ood:,} queries, scaled"
+            if "knn" in naive_cpu
+            else ""
+        )
         print(
             f"  naive versions of the {len(both)} round-2 detectors: "
             f"{sum(naive_cpu[n] for n in both):.3f} s CPU vs ncood "
             f"{sum(dets[n]['cpu_s'] for n in both):.3f} s CPU (ncood's shared statistics not "
-            f"included); ratio = naive CPU / ncood CPU, same run; naive knn = sklearn brute "
-            f"force on {min(NAIVE_ROWS['knn'], n_test + n_ood):,} of {n_test + n_ood:,} "
-            "queries, scaled"
+            f"included); ratio = naive CPU / ncood CPU, same run{knn_note}"
         )
     if peak is not None:
         print(

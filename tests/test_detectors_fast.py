@@ -214,7 +214,8 @@ def test_stats_of_float32_and_float64_agree_and_leave_the_input_untouched():
 
 def test_pass_rows_caps_chunks_and_follows_the_toolkit_policy(monkeypatch):
     assert pass_rows(512) == det_base.SCORE_CHUNK_VALUES // 512 == 512
-    assert pass_rows(10**7) == 1
+    assert pass_rows(1 << 16) == det_base.PASS_MIN_ROWS == 64  # wide: not 4 rows
+    assert pass_rows(10**7) == 1  # the memory budget still caps it
     monkeypatch.setattr(collapse_stats, "CHUNK_VALUES", 7 * 512)
     assert pass_rows(512) == 7
     det = create_detector("mahalanobis")

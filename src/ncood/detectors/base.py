@@ -15,10 +15,12 @@ Contract (DESIGN.md section 3), scikit-learn style:
   detectors with ``needs_fit = False``); a width mismatch names both widths; NaN/inf
   raise :class:`~ncood.errors.ShapeError`.
 
-Features may be large memory-mapped float32 arrays: every pass reads ``chunk_rows``
-rows at a time (only ``.shape`` and row slicing are used), converts that chunk to
-float64, and never holds more. The chunking policy and the class-statistics builder are
-the ones of :mod:`ncood.collapse.stats` (re-exported here for the detector modules).
+Features may be large memory-mapped float32 arrays: every pass reads a chunk of rows at
+a time (only ``.shape`` and row slicing are used), converts that chunk to float64, and
+never holds more. The chunking policy (:func:`chunk_rows`, the memory bound) and the
+class-statistics builder are the ones of :mod:`ncood.collapse.stats` (re-exported here
+for the detector modules); the detectors' own passes use :func:`pass_rows`, the same
+policy capped to cache-sized chunks.
 """
 
 from __future__ import annotations
@@ -69,13 +71,17 @@ DETECTORS: Registry[type[Detector]] = Registry("detector")
 # at every allocation: 20-30% of scoring and of the fit passes at CIFAR-100 scale
 # (benchmarks/detectors.py).
 SCORE_CHUNK_VALUES = 1 << 18
+# Fewest rows of a cache-sized chunk (see pass_rows); the memory budget still caps it.
+PASS_MIN_ROWS = 64
 
 
 def pass_rows(width: int) -> int:
     """Rows per chunk of a detector's pass over ``(n, width)`` rows: the toolkit's budget
     (:func:`chunk_rows`, so a patched policy applies), capped at
-    ``SCORE_CHUNK_VALUES // width``."""
-    return min(chunk_rows(width), max(1, SCORE_CHUNK_VALUES // max(1, int(width))))
+    ``SCORE_CHUNK_VALUES // width`` but not below 64 rows (for wide features, where a
+    cache-sized chunk would be a few rows and the per-chunk overhead would dominate)."""
+    cached = max(PASS_MIN_ROWS, SCORE_CHUNK_VALUES // max(1, int(width)))
+    return min(chunk_rows(width), cached)
 
 
 def register_detector(name: str):
