@@ -64,9 +64,9 @@ class _Shaping(Detector):
     smallest of them is the cut. Subclasses implement ``_logits(z, part)``; the head is
     applied once per chunk and the per-sample factors are applied to the logits
     (``W (a z) = a (W z)``). The kept entries are those ``>= cut``, which is the set
-    ``np.argpartition`` keeps except in rows where the cut value is tied: such rows
-    (:meth:`_tied`) are pruned by ``argpartition`` as before, so every score is the one
-    of the index-based implementation.
+    ``np.argpartition`` keeps except in rows where the cut value is tied: such rows are
+    pruned by ``argpartition`` as before (:meth:`_mask`), so every score is the one of
+    the index-based implementation.
     """
 
     uses_features = True
