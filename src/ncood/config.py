@@ -20,6 +20,16 @@ from ncood.errors import ConfigError
 
 # The default detectors of `ncood run` and `ncood score`: making a detector a default is
 # one edit here (configs that list `detectors:` explicitly keep their own list).
+#: The one detector that runs the network (:mod:`ncood.odin`): a run scores it on the final
+#: networks beside the feature-array detectors of the registry.
+ODIN = "odin"
+
+
+def array_detectors(detectors: dict[str, Any]) -> dict[str, Any]:
+    """``detectors`` without ODIN: the ones scored on extracted features and logits."""
+    return {name: params for name, params in detectors.items() if name != ODIN}
+
+
 DETECTORS_DEFAULT = ("msp", "maxlogit", "energy", "mahalanobis", "vim", "neco")
 
 
@@ -375,9 +385,14 @@ def check_run_config(cfg: RunConfig, *, output: str | os.PathLike | None = None)
         raise fail("config.model", exc) from None
     registered = set(list_detectors())
     for name, params in cfg.detectors.items():
-        key = f"config.detectors.{name}" if name in registered else "config.detectors"
+        key = f"config.detectors.{name}" if name in registered | {ODIN} else "config.detectors"
         try:
-            create_detector(name, **(params or {}))
+            if name == ODIN:  # runs the network (ncood.odin), not a feature-array detector
+                from ncood.odin import resolve_params
+
+                resolve_params(params)
+            else:
+                create_detector(name, **(params or {}))
         except (NcoodError, TypeError) as exc:
             raise fail(key, exc) from None
     for name in cfg.collapse.layer_detectors or []:
@@ -590,11 +605,21 @@ def _check_selection(cfg: RunConfig) -> None:
                 DATASETS.get(base)
             except NcoodError as exc:
                 raise ConfigError(f"{key}.ood_val[{i}]: {exc}") from None
+    odin = ODIN in cfg.detectors and (sel.detectors is None or ODIN in sel.detectors)
+    if odin and len(val) > 1:
+        raise ConfigError(
+            f"{key}: ODIN selects on one validation OOD set (its images are scored through "
+            f"the network); got {len(val)} in ood_val; list one, or leave odin out of "
+            f"{key}.detectors"
+        )
     try:
-        names = selectable(list(cfg.detectors), sel.detectors)
+        names = selectable(
+            list(array_detectors(cfg.detectors)),
+            None if sel.detectors is None else [n for n in sel.detectors if n != ODIN],
+        )
     except NcoodError as exc:
         raise ConfigError(f"{key}.detectors: {exc}") from None
-    if not names:
+    if not names and not odin:
         raise ConfigError(
             f"{key}.detectors: none of the run's detectors ({', '.join(cfg.detectors)}) has a "
             "hyperparameter grid, so there is nothing to select; add one with a grid (e.g. "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import platform
@@ -45,8 +46,16 @@ from ncood.analysis import (
     select_hyperparameters,
     snapshot_checkpoints,
 )
-from ncood.config import RunConfig, check_run_config, model_regime_options, regime_train_dict
+from ncood.config import (
+    ODIN,
+    RunConfig,
+    array_detectors,
+    check_run_config,
+    model_regime_options,
+    regime_train_dict,
+)
 from ncood.data.datasets import Holdout
+from ncood.detectors.select import selectable
 from ncood.distributed import resolve_device
 from ncood.errors import ConfigError, NcoodError
 from ncood.evaluation import extract_features
@@ -310,6 +319,70 @@ def explain_inputs(
     return model, {"transform": tf, "sources": sources}
 
 
+def odin_regime(
+    cfg: RunConfig,
+    regime: str,
+    seed: int,
+    checkpoint: Path | BroughtModel,
+    *,
+    epoch: int | None,
+    bootstrap: dict[str, Any] | None,
+    held: Holdout | None,
+    scores_out: dict[str, np.ndarray] | None,
+) -> Results:
+    """ODIN's rows for one final network (:mod:`ncood.odin`: it runs the network).
+
+    The same ID test and OOD images the features came from (same splits, subset sizes and
+    seed). With ``held`` (selection on, ODIN selected) ``(temperature, epsilon)`` is
+    chosen first on the held-out ID validation images against the validation OOD set
+    (:func:`ncood.odin.odin_select`; the test sets are not read) and the test rows use the
+    winner; else the configured values.
+    """
+    from ncood.data.datasets import load_images
+    from ncood.odin import odin_rows, odin_select, resolve_params
+
+    data = cfg.data
+    model: Any = checkpoint
+    if isinstance(checkpoint, BroughtModel):
+        from ncood.models.adapters import load_model
+
+        model = load_model(checkpoint.options["model"], **checkpoint.model_kwargs())
+    opts = dict(
+        regime=regime, seed=seed, epoch=epoch, device=cfg.device, data_root=data.root,
+        data_seed=seed, allow_subset=data.allow_subset,
+    )  # fmt: skip
+    parts = []
+    params = resolve_params(cfg.detectors.get(ODIN))
+    if held is not None:
+        sel = cfg.selection
+        val_id = load_images(
+            data.id, "train", root=data.root, allow_subset=data.allow_subset,
+            holdout=Holdout(held.n, seed=held.seed, part="holdout"),
+        )  # fmt: skip
+        chosen = odin_select(
+            model, val_id, list(sel.ood_val)[0], max_ood_samples=sel.ood_val_samples, **opts
+        )
+        params = json.loads(chosen.select(metric="selection_chosen")["params"].iloc[0])
+        parts.append(chosen)
+    parts.append(
+        odin_rows(
+            model,
+            test=data.id,
+            ood=list(data.ood),
+            max_test_samples=data.test_samples,
+            max_ood_samples=data.ood_samples,
+            bootstrap=bootstrap,
+            scores_out=scores_out,
+            **params,
+            **opts,
+        )  # fmt: skip
+    )
+    meta = {"detectors": parts[-1].meta["detectors"], "odin": parts[-1].meta["odin"]}
+    if held is not None:
+        meta["selection"] = parts[0].meta["selection"]
+    return Results.concat(parts, meta=meta)
+
+
 def write_features(fd: FeatureDir, directory: Path) -> Path:
     """Write ``fd`` as a plain features directory (what ``ncood score --features`` reads).
 
@@ -357,9 +430,8 @@ def analyse_regime(
     final_epoch = None if brought else int(ckpt.get("epoch", 0))
     col, boot = cfg.collapse, cfg.bootstrap
     bootstrap = {"n_boot": boot.n_boot, "seed": boot.seed} if boot.n_boot > 0 else None
-    common = dict(
-        detectors=cfg.detectors, layer_detectors=col.layer_detectors, regime=regime, seed=seed
-    )
+    dets = array_detectors(cfg.detectors)  # ODIN runs the network: scored apart, below
+    common = dict(detectors=dets, layer_detectors=col.layer_detectors, regime=regime, seed=seed)
     parts = [Results(history_rows(ckpt.get("history", []), regime=regime, seed=seed))]
     # NC and detector fits use the images the network was trained on: a regime may train
     # on its own subset (e.g. memorize: {max_train_samples: 2000})
@@ -377,46 +449,44 @@ def analyse_regime(
         )
     # hyperparameter selection (issue 13): on the held-out ID validation split and the
     # validation OOD sets only; the winners replace the configured values at this head
-    selected, chosen = None, None
+    selected, chosen, held = None, None, None
+    notes = parts[0].meta.setdefault("notes", [])
+    note = {"regime": regime, "seed": seed, "epoch": final_epoch, "layer": "penultimate",
+            "detector": None}  # fmt: skip
     if cfg.selection is not None and brought:
         text = (
             "hyperparameter selection is not run for a brought model (its validation "
             "features are not extracted): the configured hyperparameters are used"
         )
         log.warning("%s: %s", tag, text)
-        parts[0].meta["notes"] = [
-            {"regime": regime, "seed": seed, "epoch": final_epoch, "layer": "penultimate",
-             "detector": None, "note": text}
-        ]  # fmt: skip
+        notes.append({**note, "note": text})
     elif cfg.selection is not None:
         sel = cfg.selection
-        with timer(f"{tag}/selection"):
-            held = train_holdout(ckpt.get("config") or {})
-            unheld = held is None  # a checkpoint not trained by a run with selection on
-            held = held or Holdout(sel.id_val_samples, seed=seed)
-            val_id, val_ood = extract_validation(
-                checkpoint, holdout=held, ood=sel.ood_val, id_dataset=cfg.data.id,
-                cache_dir=cache, data_root=cfg.data.root, max_ood_samples=sel.ood_val_samples,
-                allow_subset=cfg.data.allow_subset, seed=seed, device=cfg.device,
-                progress=False,
-            )  # fmt: skip
-            for fs in [val_id, *val_ood.values()]:
-                fs.check_finite()
-            selected, chosen = select_hyperparameters(
-                fd, val_id, val_ood, detectors=cfg.detectors, selected=sel.detectors,
-                regime=regime, seed=seed, epoch=final_epoch,
-            )  # fmt: skip
-        if unheld:
+        held = train_holdout(ckpt.get("config") or {})
+        if held is None:  # a checkpoint not trained by a run with selection on
+            held = Holdout(sel.id_val_samples, seed=seed)
             text = (
                 f"the checkpoint records no held-out split, so the ID validation split "
                 f"({held.n} train images, seed {held.seed}) may include images it trained on "
                 "and is inside the detector-fit set; test sets are still not used"
             )
             log.warning("%s: %s", tag, text)
-            selected.meta["notes"] = [
-                {"regime": regime, "seed": seed, "epoch": final_epoch, "layer": "penultimate",
-                 "detector": None, "note": text}
-            ]  # fmt: skip
+            notes.append({**note, "note": text})
+        wanted = None if sel.detectors is None else [n for n in sel.detectors if n != ODIN]
+        if selectable(list(dets), wanted):
+            with timer(f"{tag}/selection"):
+                val_id, val_ood = extract_validation(
+                    checkpoint, holdout=held, ood=sel.ood_val, id_dataset=cfg.data.id,
+                    cache_dir=cache, data_root=cfg.data.root,
+                    max_ood_samples=sel.ood_val_samples, allow_subset=cfg.data.allow_subset,
+                    seed=seed, device=cfg.device, progress=False,
+                )  # fmt: skip
+                for fs in [val_id, *val_ood.values()]:
+                    fs.check_finite()
+                selected, chosen = select_hyperparameters(
+                    fd, val_id, val_ood, detectors=dets, selected=wanted,
+                    regime=regime, seed=seed, epoch=final_epoch,
+                )  # fmt: skip
     with timer(f"{tag}/analyse"):
         parts.append(
             analyse(
@@ -428,15 +498,27 @@ def analyse_regime(
                 **common,
             )
         )
+    selection = dict(selected.meta["selection"]) if selected is not None else {}
     if selected is not None:
         parts.append(selected)
+    odin = None
+    if ODIN in cfg.detectors:
+        sel = cfg.selection
+        odin_held = held if sel and (sel.detectors is None or ODIN in sel.detectors) else None
+        with timer(f"{tag}/odin"):
+            odin = odin_regime(
+                cfg, regime, seed, checkpoint, epoch=final_epoch, bootstrap=bootstrap,
+                held=odin_held, scores_out=scores_out,
+            )  # fmt: skip
+        parts.append(odin)
+        selection.update(odin.meta.get("selection", {}))
     if cfg.explain and scores_out is not None:
         from ncood.explain import explain_network
 
         with timer(f"{tag}/explain"):
             net, net_inputs = explain_inputs(cfg, checkpoint, seed, fd)
             explained, arrays = explain_network(
-                fd, net, **net_inputs, detectors=cfg.detectors, scores=scores_out,
+                fd, net, **net_inputs, detectors=dets, scores=scores_out,
                 data_root=cfg.data.root, allow_subset=cfg.data.allow_subset, device=cfg.device,
                 regime=regime, seed=seed, epoch=final_epoch,
             )  # fmt: skip
@@ -482,10 +564,12 @@ def analyse_regime(
                         **det_opts,
                     )
                 )
-    notes = [n for p in parts for n in p.meta.get("notes", [])]
-    meta = {"detectors": parts[1].meta.get("detectors", {}), "notes": notes}
-    if selected is not None:
-        meta["selection"] = selected.meta["selection"]
+    detectors = dict(parts[1].meta.get("detectors", {}))
+    if odin is not None:
+        detectors.update(odin.meta["detectors"])
+    meta = {"detectors": detectors, "notes": [n for p in parts for n in p.meta.get("notes", [])]}
+    if selection:
+        meta["selection"] = selection
     return Results.concat(parts, meta=meta), fd
 
 
