@@ -159,6 +159,17 @@ def test_several_seeds_train_each_regime_once_per_seed(tmp_path, report_calls):
     assert a != b  # two networks, two subsets
     summary = res.seed_summary(metric="auroc", layer="penultimate")
     assert set(summary["n"]) == {2}
+    # every seed's raw scores are kept; each reproduces its own seed's AUROC
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.load(tmp_path / "scores.npz")
+    for prefix, value in (("", a), ("seed_1/", b)):
+        s_id = scores[f"{prefix}standard/mahalanobis/id"]
+        s_ood = scores[f"{prefix}standard/mahalanobis/digits"]
+        labels = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
+        assert roc_auc_score(labels, np.r_[s_id, s_ood]) == pytest.approx(value, abs=1e-12)
+    ((_, _, report_scores),) = report_calls["write_report"]
+    assert report_scores and not any(k.startswith("seed_") for k in report_scores)
 
 
 def test_run_seeds():

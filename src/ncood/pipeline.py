@@ -421,9 +421,10 @@ def analyse_regime(
 ) -> tuple[Results, FeatureDir]:
     """Every row of one trained network: its history, the final network, every snapshot.
 
-    With ``cfg.explain`` and ``scores_out`` (the first seed) also the explanation rows of
-    the final network (:func:`ncood.explain.explain_network`); ``explain_out`` receives
-    their images and attributions, keys prefixed ``"<regime>/"``.
+    ``scores_out`` receives the final network's raw scores. With ``cfg.explain`` and
+    ``explain_out`` (given for the first seed) also the explanation rows of the final
+    network (:func:`ncood.explain.explain_network`); ``explain_out`` receives their images
+    and attributions, keys prefixed ``"<regime>/"``.
     """
     brought = isinstance(checkpoint, BroughtModel)  # a user's model: no history, no epoch
     ckpt = {} if brought else load_checkpoint(checkpoint)
@@ -512,7 +513,7 @@ def analyse_regime(
             )  # fmt: skip
         parts.append(odin)
         selection.update(odin.meta.get("selection", {}))
-    if cfg.explain and scores_out is not None:
+    if cfg.explain and explain_out is not None and scores_out is not None:
         from ncood.explain import explain_network
 
         with timer(f"{tag}/explain"):
@@ -578,8 +579,9 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
     """Run the whole experiment; returns the results (also written to disk).
 
     Writes into the output directory: ``results.csv`` + ``run.json`` (the table and its
-    metadata, :meth:`Results.save`), ``scores.npz`` (raw scores of the first seed's final
-    networks, keys ``"<regime>/<detector>/<id|ood set>"``), the report, and per regime
+    metadata, :meth:`Results.save`), ``scores.npz`` (raw scores of every final network,
+    keys ``"<regime>/<detector>/<id|ood set>"`` for the first seed and
+    ``"seed_<s>/<regime>/<detector>/<id|ood set>"`` for the others), the report, and per regime
     ``regimes/<regime>/train/`` and ``regimes/<regime>/features/`` (the final network's
     features directory, hard-linked from the cache, which ``ncood score --features`` and
     ``ncood collapse --features`` read; ``.../seed_<s>/...`` with several seeds). A regime
@@ -615,12 +617,13 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
                     cache,
                     timer,
                     tag,
-                    scores_out=scores if seed == seeds[0] else None,
-                    explain_out=explained,
+                    scores_out=scores,
+                    explain_out=explained if seed == seeds[0] else None,
                 )
                 parts.append(res)
                 write_features(fd, run_dir.parent / "features")  # for `ncood score --features`
-                all_scores.update({f"{regime}/{k}": v for k, v in scores.items()})
+                prefix = "" if seed == seeds[0] else f"seed_{seed}/"
+                all_scores.update({f"{prefix}{regime}/{k}": v for k, v in scores.items()})
                 data_info = data_info or _data_info(fd)
                 networks.append(
                     {
@@ -661,7 +664,8 @@ def run(cfg: RunConfig, *, output: str | os.PathLike | None = None) -> Results:
         if explained:  # read by write_report from the output directory
             with atomic_open(out / "explain.npz", "wb") as fh:
                 np.savez_compressed(fh, **explained)
-        write_report(results, out, scores=all_scores)
+        first = {k: v for k, v in all_scores.items() if not k.startswith("seed_")}
+        write_report(results, out, scores=first)  # its figures show the first seed
     return results
 
 
