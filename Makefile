@@ -43,6 +43,7 @@ lint: $(STAMP)
 # NAME`). MUTANTS narrows the run to a glob of mutant names, e.g.
 #   make mutation MUTANTS='ncood.collapse.metrics.*'
 # One BLAS thread: mutmut forks workers, and a forked OpenBLAS thread pool deadlocks.
+# On a shared machine: nice -n 19 make mutation MUTATION_JOBS=1 MUTANTS='GLOB [GLOB ...]'
 MUTANTS ?=
 MUTATION_JOBS ?= 2
 mutation: $(STAMP)

@@ -201,6 +201,24 @@ def test_blocks_percentile_when_the_bracket_misses_by_one_rank_at_the_top(monkey
     assert logit_mod.blocks_percentile([x], q) == pytest.approx(np.percentile(x, q), rel=1e-15)
 
 
+@pytest.mark.parametrize("n", [3_000, 200_000])  # the whole sample, and a 1-in-3 stride
+def test_blocks_percentile_brackets_representative_data_in_one_pass(n, caplog):
+    # The docstring: a miss is a fluke of the strided sample, and is logged when the
+    # bracket widens. On i.i.d. values and on post-ReLU values (60% tied zeros, so the
+    # bracket is a single value at low q) the one counting pass must suffice.
+    rng = np.random.default_rng(11)
+    normal = rng.normal(size=n)
+    relu = np.maximum(rng.normal(loc=-0.25, size=n), 0.0)
+    for x in (normal, relu):
+        blocks = [x[: n // 3], x[n // 3 :]]
+        for q in (0.0, 1.0, 10.0, 30.0, 50.0, 90.0, 99.0, 100.0):
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="ncood.detectors.logit"):
+                got = logit_mod.blocks_percentile(blocks, q)
+            assert got == pytest.approx(np.percentile(x, q), rel=1e-14, abs=1e-300), q
+            assert "missed" not in caplog.text, q
+
+
 def _kl_templates(z, head):
     """Mean softmax of the train samples predicted as each class; one-hot if none."""
     logits = head.logits(z)
@@ -468,3 +486,14 @@ def test_nnguide_k_equal_to_n_and_sparse_banks_read_in_small_chunks(monkeypatch)
     np.testing.assert_allclose(
         det.score(x, head.logits(x)), _nnguide_ref(z, head, x, 3, 0.08), rtol=1e-9
     )
+
+
+def test_knn_auto_backend_without_faiss_is_numpy(monkeypatch):
+    # one anchor (no labels), float32: faiss would be chosen; without it, numpy
+    import ncood.detectors.neighbors as nb
+
+    z, _, head, x = _problem(10)
+    monkeypatch.setattr(nb, "_faiss", lambda: None)
+    det = create_detector("knn", k=5, backend="auto").fit(z, None, head)
+    assert det.n_anchors_ == 1 and det.backend_ == "numpy"
+    np.testing.assert_allclose(det.score(x, head.logits(x)), _knn_brute(z, x, 5), rtol=1e-6)
