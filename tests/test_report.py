@@ -1058,3 +1058,12 @@ def test_depth_finding_lists_the_largest_gains_of_a_zoo(zoo):
             assert set(named) == set(better.index)
             branches.add("every")
     assert branches == {"largest", "every"}  # the fixture has both cases
+
+
+def test_params_text_names_derived_values_auto():
+    from ncood.report.ranking import params_text
+
+    assert params_text('{"dim": null, "variance": 0.9}') == "dim=auto, variance=0.9"
+    assert params_text('{"k": 50}') == "k=50"
+    assert params_text("{}") == "defaults"
+    assert params_text(None) == "defaults"

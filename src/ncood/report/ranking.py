@@ -42,11 +42,13 @@ ALWAYS = ("neco", "vim")  # the reference experiment's detectors (DESIGN.md)
 
 # ------------------------------------------------------------------------ helpers
 def params_text(params: str | None) -> str:
-    """A ``params`` JSON cell as ``k=v, k=v`` (``defaults`` when empty)."""
+    """A ``params`` JSON cell as ``k=v, k=v`` (``defaults`` when empty; a ``None`` value,
+    one the detector derives when it is fitted, e.g. ViM's ``dim = D // 2``, as ``auto``)."""
     if not isinstance(params, str) or not params:
         return "defaults"
     d = json.loads(params)
-    return ", ".join(f"{k}={v}" for k, v in d.items()) if d else "defaults"
+    text = {k: "auto" if v is None else v for k, v in d.items()}
+    return ", ".join(f"{k}={v}" for k, v in text.items()) if d else "defaults"
 
 
 def _seeds(values: Sequence[Any]) -> str:
