@@ -42,7 +42,7 @@ from ncood.distributed import (
 )
 from ncood.errors import CheckpointError, ConfigError
 from ncood.io import file_sha256, safe_name, save_npy, write_json
-from ncood.models.adapters import wrap_model
+from ncood.models.adapters import restore_modes, training_modes, wrap_model
 from ncood.registry import closest
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ncood.train.config import train_holdout
@@ -133,7 +133,7 @@ def extract(
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
     dev = resolve_device(device)
-    was_training = model.training
+    modes = training_modes(model)
     model.eval().to(dev)
     n = len(arrays)
     feats: list[np.ndarray] = []
@@ -160,7 +160,7 @@ def extract(
                 bar.update(x.shape[0])
     finally:
         bar.close()
-        model.train(was_training)
+        restore_modes(modes)
     labels = None if arrays.labels is None else arrays.labels.cpu().numpy().astype(np.int64)
     return FeatureSet(
         features=np.concatenate(feats),
@@ -519,7 +519,7 @@ def extract_stream(
         raise ConfigError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
     model = wrap_model(model)
     dev = resolve_device(device)
-    was_training = model.training
+    modes = training_modes(model)
     model.eval().to(dev)
     name = name or getattr(stream, "name", "")
     keys = ["features", "logits", *[f"layer.{k}" for k in layers]]
@@ -568,7 +568,7 @@ def extract_stream(
         raise
     finally:
         bar.close()
-        model.train(was_training)
+        restore_modes(modes)
     y_out = None if not len(y_all) or (y_all < 0).all() else y_all
     if directory is None:
         return FeatureSet(

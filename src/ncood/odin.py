@@ -78,7 +78,13 @@ from ncood.detectors.select import (
 from ncood.distributed import resolve_device
 from ncood.errors import ConfigError, DataError
 from ncood.metrics import METRIC_NAMES, bootstrap_ood_metrics, ood_metrics
-from ncood.models.adapters import ModelAdapter, eval_transform, wrap_model
+from ncood.models.adapters import (
+    ModelAdapter,
+    eval_transform,
+    restore_modes,
+    training_modes,
+    wrap_model,
+)
 from ncood.results import PENULTIMATE, Results, row
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
 from ncood.validation import check_number
@@ -193,12 +199,11 @@ def prepare(
                 "checkpoint's input_spec) or the checkpoint path, so its inputs are prepared "
                 "as in training"
             )
-    modes = [(m, m.training) for m in model.modules()]
+    modes = training_modes(model)
     model = wrap_model(model, head=head, features=features)
     if isinstance(model, ModelAdapter) and model._head is None:
         model.locate(torch.rand((2, tf.channels, tf.size, tf.size)))  # find the head now
-    for module, training in modes:  # locate() sets one mode for all; keep the user's own
-        module.training = training
+    restore_modes(modes)  # the user's model keeps its own modes
     return model, tf, info
 
 
@@ -362,13 +367,12 @@ class _Running:
         self.device = resolve_device(device)
 
     def __enter__(self) -> torch.device:
-        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.modes = training_modes(self.model)
         self.model.eval().to(self.device)
         return self.device
 
     def __exit__(self, *exc: Any) -> None:
-        for module, training in self.modes:
-            module.training = training
+        restore_modes(self.modes)
 
 
 def odin_scores(

@@ -59,6 +59,24 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("torchvision", "timm")
 TIMM_EXTRA = "pip install 'ncood[timm]' (or pip install timm)"
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule's ``training`` flag, for :func:`restore_modes` after an eval pass.
+
+    ``model.train(was)`` would flatten a user's mixed modes (e.g. frozen batch norm), and
+    a wrapper made by ncood (a new module, in train mode) would switch the user's model
+    to train mode.
+    """
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    """Put back the flags :func:`training_modes` recorded, module by module."""
+    for module, training in modes:
+        module.training = training
+
+
 # Keys a training script commonly nests its state_dict under, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel
@@ -168,7 +186,7 @@ class ModelAdapter(nn.Module):
         param = next(model.parameters(), None)
         if param is not None:  # the dry run goes where the model is, in its precision
             x = x.to(param.device, param.dtype if param.is_floating_point() else x.dtype)
-        was_training = model.training
+        modes = training_modes(model)
         model.eval()
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (name, input, output)
@@ -210,7 +228,7 @@ class ModelAdapter(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-            model.train(was_training)
+            restore_modes(modes)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             raise ConfigError(
                 f"{self.name} must return logits of shape (n, classes); it returned "
