@@ -87,3 +87,14 @@ def test_resolve_device():
         n = torch.cuda.device_count()
         assert resolve_device("cuda", local_rank=n + 1) == torch.device("cuda", (n + 1) % n)
         assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_progress_bar_is_silent_unless_asked_for_on_a_terminal(capsys):
+    from ncood.io import progress_bar
+
+    for enabled in (True, False):  # pytest's stderr is not a terminal: never drawn
+        bar = progress_bar(10, "work", enabled=enabled, unit="step")
+        assert bar.disable and bar.total == 10 and bar.unit == "step"
+        bar.update(10)
+        bar.close()
+    assert capsys.readouterr().err == ""

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ncood import __version__
 from ncood.data import ImageArrays, InputSpec, iterate_batches, load_images
@@ -41,7 +39,7 @@ from ncood.distributed import (
     take_shard,
 )
 from ncood.errors import CheckpointError, ConfigError
-from ncood.io import file_sha256, safe_name, save_npy, write_json
+from ncood.io import file_sha256, progress_bar, safe_name, save_npy, write_json
 from ncood.models.adapters import restore_modes, training_modes, wrap_model
 from ncood.registry import closest
 from ncood.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -140,14 +138,7 @@ def extract(
     logits: list[np.ndarray] = []
     per_layer: dict[str, list[np.ndarray]] = {k: [] for k in layers}
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = tqdm(
-        total=n,
-        desc=f"extract {name}".strip(),
-        unit="img",
-        file=sys.stderr,
-        disable=not progress or not sys.stderr.isatty(),
-        leave=False,
-    )
+    bar = progress_bar(n, f"extract {name}".strip(), enabled=progress)
     try:
         with capture(model, list(layers)) as captured, autocast:
             for x, _y in iterate_batches(arrays, spec, batch_size, device=dev):
@@ -531,14 +522,7 @@ def extract_stream(
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     labels: list[np.ndarray] = []
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    bar = tqdm(
-        total=stream.n,
-        desc=f"extract {name}".strip(),
-        unit="img",
-        file=sys.stderr,
-        disable=not progress or not sys.stderr.isatty(),
-        leave=False,
-    )
+    bar = progress_bar(stream.n, f"extract {name}".strip(), enabled=progress)
     try:
         with capture(model, list(layers)) as captured, autocast:
             for x, y in stream.model_batches(dev):

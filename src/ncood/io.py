@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -315,3 +316,19 @@ def safe_path(out_dir: str | os.PathLike, *names: str) -> Path:
             f"{str(out_dir)!r} (a symbolic link?); choose another output directory"
         )
     return path
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "img") -> Any:
+    """A tqdm bar on stderr for long work; silent when ``enabled`` is false or stderr is
+    not a terminal (logs and pipes get the summary lines, not bar redraws). The bar is
+    removed when closed."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not enabled or not sys.stderr.isatty(),
+        leave=False,
+    )

@@ -48,7 +48,6 @@ import itertools
 import logging
 import numbers
 import os
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +57,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ncood.data.arrays import InputSpec
 from ncood.data.streams import (
@@ -77,6 +75,7 @@ from ncood.detectors.select import (
 )
 from ncood.distributed import resolve_device
 from ncood.errors import ConfigError, DataError
+from ncood.io import progress_bar
 from ncood.metrics import METRIC_NAMES, bootstrap_ood_metrics, ood_metrics
 from ncood.models.adapters import (
     ModelAdapter,
@@ -324,14 +323,7 @@ def _stream_scores(
 ) -> list[np.ndarray]:
     """ODIN scores of every image of ``stream`` for each config, batch by batch."""
     chunks: list[list[np.ndarray]] = [[] for _ in configs]
-    bar = tqdm(
-        total=stream.n,
-        desc=f"odin {stream.name}".strip(),
-        unit="img",
-        file=sys.stderr,
-        disable=not progress or not sys.stderr.isatty(),
-        leave=False,
-    )
+    bar = progress_bar(stream.n, f"odin {stream.name}".strip(), enabled=progress)
     try:
         for i, (x, _y) in enumerate(stream.model_batches(device)):
             if x.shape[1] != len(std):

@@ -10,7 +10,6 @@ the order and a sum over processes (:func:`ncood.distributed.sampler_indices`,
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ncood.data import ImageArrays, InputSpec, iterate_batches, to_model_input
+from ncood.io import progress_bar
 from ncood.train.augment import random_crop_flip
 
 
@@ -142,14 +141,7 @@ def run_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     stopped = False
-    bar = tqdm(
-        total=len(bounds),
-        desc=desc,
-        unit="step",
-        file=sys.stderr,
-        disable=not progress or not sys.stderr.isatty(),
-        leave=False,
-    )
+    bar = progress_bar(len(bounds), desc, enabled=progress, unit="step")
     start = time.perf_counter()
     try:
         for step, (lo, hi) in enumerate(bounds):
