@@ -817,8 +817,10 @@ def test_ranking_order_numbers_and_hyperparameters(zoo, regime):
             else:
                 assert "chosen" not in hp
             params = json.loads(a.params) if isinstance(a.params, str) else {}
+            shown = {k: "auto" if v is None else f"{v:g}" if isinstance(v, float) else v
+                     for k, v in params.items()}  # fmt: skip
             assert hp.split(";")[0] == (
-                ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+                ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
             )
 
 
@@ -904,7 +906,9 @@ def test_selection_tables_show_the_argmax_of_the_candidates(zoo, regime):
         c = cands[cands["detector"] == det]
         best = c.loc[c["value"].idxmax()]  # pandas: first maximum, as the selection rule
         chosen = json.loads(best.params)
-        shown = ", ".join(f"{k}={v}" for k, v in chosen.items())
+        shown = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
+        )
         row = summary[det]
         assert row[2] == shown and row[3] == f"{100 * best.value:.2f}"
         assert row[1] == "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in grid.items())
@@ -1064,6 +1068,10 @@ def test_params_text_names_derived_values_auto():
     from ncood.report.ranking import params_text
 
     assert params_text('{"dim": null, "variance": 0.9}') == "dim=auto, variance=0.9"
+    assert params_text('{"percentile": 90.0, "T": 1.0}') == params_text(
+        '{"percentile": 90, "T": 1}'
+    )
+    assert params_text('{"alpha": 0.0001}') == "alpha=0.0001"
     assert params_text('{"k": 50}') == "k=50"
     assert params_text("{}") == "defaults"
     assert params_text(None) == "defaults"

@@ -47,8 +47,17 @@ def params_text(params: str | None) -> str:
     if not isinstance(params, str) or not params:
         return "defaults"
     d = json.loads(params)
-    text = {k: "auto" if v is None else v for k, v in d.items()}
-    return ", ".join(f"{k}={v}" for k, v in text.items()) if d else "defaults"
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in d.items()) if d else "defaults"
+
+
+def _value_text(v: Any) -> str:
+    """A hyperparameter's value: ``auto`` for None, floats in ``%g`` (90.0 and 90 read
+    alike: a grid's int and a constructor's float default are the same setting)."""
+    if v is None:
+        return "auto"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
 
 
 def _seeds(values: Sequence[Any]) -> str:

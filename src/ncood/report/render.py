@@ -242,13 +242,12 @@ class _Report:
             s.blocks.append(_kv("Durations", ["Stage", "Wall time", "Seconds"], rows))
         params = self.res.select(metric="auroc").drop_duplicates(["detector", "params"])
         used = params.groupby("detector", sort=False)["params"].agg(
-            lambda p: " | ".join(R.params_text(x) for x in p.dropna())
+            lambda p: " | ".join(dict.fromkeys(R.params_text(x) for x in p.dropna()))
         )
         rows = [
             [
                 d,
-                ", ".join(f"{k}={v}" for k, v in ((m.get("detectors") or {}).get(d) or {}).items())
-                or "defaults",
+                R.params_text(json.dumps((m.get("detectors") or {}).get(d) or {})),
                 used.get(d) or "-",
             ]
             for d in self.dets
