@@ -146,14 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     world = get_world_size()
     if is_main():
-        rows = [("train", fd.train), ("test", fd.test)]
-        rows += [(f"ood/{k}", v) for k, v in fd.ood.items()]
-        print(f"{'split':<24}{'n':>8}{'dim':>6}{'classes':>9}  layers")
-        for key, fs in rows:
-            # under torchrun fd holds rank 0's shards; n is the whole split
-            n = fs.meta.get("subset", {}).get("shard", {}).get("n_total", len(fs))
-            layers_txt = ",".join(f"{k}:{v.shape[1]}" for k, v in fs.layers.items())
-            print(f"{key:<24}{n:>8}{fs.dim:>6}{fs.num_classes:>9}  {layers_txt}")
+        _print_splits(fd)
         shards = f" ({world} shards per split)" if world > 1 else ""
         print(f"wrote {args.out}{shards}", file=sys.stderr)
     destroy_distributed()
@@ -212,10 +205,17 @@ def _run_model(args: argparse.Namespace, layers: list[str] | None) -> int:
         data_root=args.data_root,
         progress=not args.quiet,
     )
+    _print_splits(fd)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _print_splits(fd) -> None:
+    """One line per split of the written features: size, width, classes, pooled layers."""
     rows = [("train", fd.train), ("test", fd.test)] + [(f"ood/{k}", v) for k, v in fd.ood.items()]
     print(f"{'split':<24}{'n':>8}{'dim':>6}{'classes':>9}  layers")
     for key, fs in rows:
+        # under torchrun fd holds rank 0's shards; n is the whole split
+        n = fs.meta.get("subset", {}).get("shard", {}).get("n_total", len(fs))
         layers_txt = ",".join(f"{k}:{v.shape[1]}" for k, v in fs.layers.items())
-        print(f"{key:<24}{len(fs):>8}{fs.dim:>6}{fs.num_classes:>9}  {layers_txt}")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
+        print(f"{key:<24}{n:>8}{fs.dim:>6}{fs.num_classes:>9}  {layers_txt}")
