@@ -88,6 +88,15 @@ class SelectionConfig:
     ood_val_samples: int = 1000  # samples per validation OOD set
     detectors: list[str] | None = None  # None: every run detector that has a grid
 
+    def array_detectors(self) -> list[str] | None:
+        """The selected detectors scored on features/logits (``detectors`` without ODIN;
+        None: every run detector with a grid)."""
+        return None if self.detectors is None else [n for n in self.detectors if n != ODIN]
+
+    def selects_odin(self, run_detectors: Any) -> bool:
+        """Whether ODIN (a run detector in ``run_detectors``) has its hyperparameters chosen."""
+        return ODIN in run_detectors and (self.detectors is None or ODIN in self.detectors)
+
 
 @dataclass
 class RunConfig:
@@ -605,7 +614,7 @@ def _check_selection(cfg: RunConfig) -> None:
                 DATASETS.get(base)
             except NcoodError as exc:
                 raise ConfigError(f"{key}.ood_val[{i}]: {exc}") from None
-    odin = ODIN in cfg.detectors and (sel.detectors is None or ODIN in sel.detectors)
+    odin = sel.selects_odin(cfg.detectors)
     if odin and len(val) > 1:
         raise ConfigError(
             f"{key}: ODIN selects on one validation OOD set (its images are scored through "
@@ -615,7 +624,7 @@ def _check_selection(cfg: RunConfig) -> None:
     try:
         names = selectable(
             list(array_detectors(cfg.detectors)),
-            None if sel.detectors is None else [n for n in sel.detectors if n != ODIN],
+            sel.array_detectors(),
         )
     except NcoodError as exc:
         raise ConfigError(f"{key}.detectors: {exc}") from None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -140,6 +139,13 @@ class BroughtModel:
         return str(self.checkpoint)
 
     __str__ = __fspath__
+
+    def load(self) -> Any:
+        """The model as a :class:`~ncood.models.adapters.ModelAdapter` (weights loaded,
+        eval mode), as :func:`ncood.models.adapters.load_model` builds it."""
+        from ncood.models.adapters import load_model
+
+        return load_model(self.options["model"], **self.model_kwargs())
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`ncood.models.adapters.load_model` /
@@ -304,10 +310,8 @@ def explain_inputs(
         return checkpoint, {}
     from ncood.data.streams import open_stream, parse_named_sets
     from ncood.distributed import resolve_device
-    from ncood.models.adapters import load_model
 
-    opts = checkpoint.options
-    model = load_model(opts["model"], **checkpoint.model_kwargs())
+    model = checkpoint.load()
     model.to(resolve_device(cfg.device))
     tf = model.transform
     data = cfg.data
@@ -342,11 +346,7 @@ def odin_regime(
     from ncood.odin import odin_rows, odin_select, resolve_params
 
     data = cfg.data
-    model: Any = checkpoint
-    if isinstance(checkpoint, BroughtModel):
-        from ncood.models.adapters import load_model
-
-        model = load_model(checkpoint.options["model"], **checkpoint.model_kwargs())
+    model = checkpoint.load() if isinstance(checkpoint, BroughtModel) else checkpoint
     opts = dict(
         regime=regime, seed=seed, epoch=epoch, device=cfg.device, data_root=data.root,
         data_seed=seed, allow_subset=data.allow_subset,
@@ -360,9 +360,9 @@ def odin_regime(
             holdout=Holdout(held.n, seed=held.seed, part="holdout"),
         )  # fmt: skip
         chosen = odin_select(
-            model, val_id, list(sel.ood_val)[0], max_ood_samples=sel.ood_val_samples, **opts
+            model, val_id, sel.ood_val[0], max_ood_samples=sel.ood_val_samples, **opts
         )
-        params = json.loads(chosen.select(metric="selection_chosen")["params"].iloc[0])
+        params = chosen.meta["selection"][ODIN]["chosen"]
         parts.append(chosen)
     parts.append(
         odin_rows(
@@ -375,7 +375,7 @@ def odin_regime(
             scores_out=scores_out,
             **params,
             **opts,
-        )  # fmt: skip
+        )
     )
     meta = {"detectors": parts[-1].meta["detectors"], "odin": parts[-1].meta["odin"]}
     if held is not None:
@@ -473,7 +473,7 @@ def analyse_regime(
             )
             log.warning("%s: %s", tag, text)
             notes.append({**note, "note": text})
-        wanted = None if sel.detectors is None else [n for n in sel.detectors if n != ODIN]
+        wanted = sel.array_detectors()
         if selectable(list(dets), wanted):
             with timer(f"{tag}/selection"):
                 val_id, val_ood = extract_validation(
@@ -505,7 +505,7 @@ def analyse_regime(
     odin = None
     if ODIN in cfg.detectors:
         sel = cfg.selection
-        odin_held = held if sel and (sel.detectors is None or ODIN in sel.detectors) else None
+        odin_held = held if sel and sel.selects_odin(cfg.detectors) else None
         with timer(f"{tag}/odin"):
             odin = odin_regime(
                 cfg, regime, seed, checkpoint, epoch=final_epoch, bootstrap=bootstrap,
